@@ -1,0 +1,255 @@
+"""Typed, validated configs.
+
+Every stage reads one section of a YAML file (`data:`, `hvae:`, ...) into a dataclass. Loading is
+strict: an unknown key is an error that lists the valid ones, a value of the wrong type is an error
+that names the key and the expected type, and a `Literal` field names its choices. Dotted overrides
+(`--set data.max_words=30`) go through the same checks. The resolved config is what every stage
+saves beside its output (`config.yaml`), and what `from_pretrained` reads back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from qa_ebm.errors import ConfigError
+from qa_ebm.io import sha256_json
+
+# --------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class SquadSourceConfig:
+    """SQuAD v1.1/v2.0: a Hub id (`rajpurkar/squad`, `rajpurkar/squad_v2`) or an official JSON file."""
+
+    path: str | None = None
+    keep_unanswerable: bool = True  # v2 "no answer" questions: kept with a flag, never generated
+
+
+@dataclass
+class PairFieldsConfig:
+    """Where a generic Q/A-pairs file keeps its fields; dotted paths reach into nested objects."""
+
+    question: str = "Q"
+    answer: str = "A"
+    group: str = "meta.url"  # one value per question: answers sharing it belong to one question
+    title: str | None = None
+    score: str | None = None  # higher is better; picks the best answer when a question has several
+
+
+@dataclass
+class PhysicsSourceConfig:
+    """Physics Stack Exchange: the H4 Hub set, the same schema locally, a Posts.xml dump, or Q/A pairs."""
+
+    path: str | None = None
+    format: Literal["auto", "h4", "posts_xml", "pairs"] = "auto"
+    hub_data_dir: str = "data/physics.stackexchange.com"
+    hub_split: str = "train"
+    pairs_markup: Literal["text", "html"] = "text"  # the StackMathQA pairs are markdown-ish text
+    fields: PairFieldsConfig = field(default_factory=PairFieldsConfig)
+    min_sentences: int | None = None  # overrides data.min_sentences for physics answers
+
+
+@dataclass
+class TokenizerConfig:
+    """`sentencepiece`: trained on the corpus (offline default). `hf`: a Hub id or a local dir."""
+
+    kind: Literal["sentencepiece", "hf"] = "sentencepiece"
+    name: str | None = None  # hf: `gpt2` or a dir; sentencepiece: an existing .model file to reuse
+    vocab_size: int = 4000
+    model_type: Literal["unigram", "bpe"] = "unigram"
+
+
+@dataclass
+class CleanConfig:
+    code_blocks: Literal["placeholder", "keep", "drop"] = "placeholder"
+    images: Literal["alt", "placeholder", "drop"] = "alt"
+
+
+@dataclass
+class SplitConfig:
+    """Fractions of examples for val and test; the rest is train. Grouped, so nothing leaks."""
+
+    val: float = 0.1
+    test: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    squad: SquadSourceConfig = field(default_factory=SquadSourceConfig)
+    physics: PhysicsSourceConfig = field(default_factory=PhysicsSourceConfig)
+    max_sentences: int = 8
+    max_words: int = 32  # tokens per sentence slot, the end-of-sentence token included
+    min_sentences: int = 1
+    max_sentence_tokens: int | None = None  # drop an answer with a longer sentence (else truncate)
+    max_question_tokens: int = 64
+    punkt: str = "auto"  # auto | pretrained | train | a punkt dir saved by an earlier preprocess
+    punkt_train_chars: int = 2_000_000  # Punkt is unsupervised: a few MB of the corpus suffice
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    num_proc: int = 1
+    batch_size: int = 1000
+    streaming: bool = False  # Hub sources: iterate without downloading the whole set first
+    limit: int | None = None  # at most this many examples per source (quick experiments)
+
+    def validate(self) -> None:
+        if self.max_sentences < 1 or self.max_words < 2:
+            raise ConfigError("data.max_sentences must be >= 1 and data.max_words >= 2")
+        if not 1 <= self.min_sentences <= self.max_sentences:
+            raise ConfigError(
+                f"data.min_sentences={self.min_sentences} must be in [1, data.max_sentences={self.max_sentences}]"
+            )
+        if not (0 <= self.splits.val < 1 and 0 <= self.splits.test < 1):
+            raise ConfigError("data.splits.val and data.splits.test must be fractions in [0, 1)")
+        if self.splits.val + self.splits.test >= 1:
+            raise ConfigError("data.splits.val + data.splits.test must leave room for train (< 1)")
+        if self.num_proc < 1 or self.batch_size < 1:
+            raise ConfigError("data.num_proc and data.batch_size must be >= 1")
+        if self.tokenizer.kind == "hf" and not self.tokenizer.name:
+            raise ConfigError("data.tokenizer.kind=hf needs data.tokenizer.name (a Hub id or a dir)")
+
+
+# --------------------------------------------------------------------------------------- hvae
+
+
+@dataclass
+class HVAEConfig:
+    """Model sizes shared by the HVAE stage (issue 3 trains it; preprocess only records it)."""
+
+    d_model: int = 128
+    n_heads: int = 4
+    word_layers: int = 2
+    sentence_layers: int = 2
+    latent_dim: int = 32
+    decoder: str = "scratch-gpt2"  # scratch-gpt2 | scratch-bart | a Hub id | a local dir
+
+    def validate(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"hvae.d_model={self.d_model} must be divisible by hvae.n_heads")
+
+
+# --------------------------------------------------------------------------------------- root
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    hvae: HVAEConfig = field(default_factory=HVAEConfig)
+
+    def validate(self) -> Config:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> Config:
+        return _build(cls, d, prefix="", where=where).validate()
+
+    def hash(self) -> str:
+        return sha256_json(self.to_dict())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the defaults when `path` is None) and apply `key.path=value` overrides."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__}: {e})") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for item in overrides:
+        _apply_override(raw, item)
+    return Config.from_dict(raw, where=where)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. data.max_words=30")
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML") from e
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Any, prefix: str, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {(prefix + unknown[0])!r}; valid keys under "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(fields))}"
+        )
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}", where) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, prefix=f"{key}.", where=where)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{where}: {key}={value!r} is not a valid choice; choose one of: {', '.join(map(str, args))}"
+            )
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list, got {type(value).__name__} {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
+        return {k: _coerce(args[1], v, f"{key}.{k}", where) for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(f"{where}: {key} must be {tp.__name__}, got {type(value).__name__} {value!r}")
+    if tp is Any:
+        return value
+    raise ConfigError(f"{where}: {key}: unsupported config type {tp!r}")  # a bug in a config class

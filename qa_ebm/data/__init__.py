@@ -1,0 +1,1 @@
+"""The data stage: sources -> clean text -> sentences -> hierarchical token ids -> grouped splits."""

@@ -1,0 +1,379 @@
+"""`qa-ebm preprocess`: sources -> clean text -> sentences -> filters -> hierarchical ids -> splits.
+
+Output directory (written under a temp name and renamed into place only when complete):
+
+    dataset/        datasets.DatasetDict.save_to_disk (train / val / test)
+    tokenizer/      the tokenizer and its special ids (qa_ebm_tokenizer.json)
+    punkt/          the Punkt sentence model used, so answer time splits identically
+    config.yaml     the resolved config
+    manifest.json   sources + content hashes, counts, filter drops, tokenizer, versions, fingerprint
+
+Each answer becomes `input_ids` of shape (max_sentences, max_words): one row per sentence, its
+tokens truncated to `max_words - 1` and closed by EOS, rows and tail padded with PAD, plus
+`token_mask` (same shape) and `sentence_mask` (max_sentences,).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qa_ebm import __version__
+from qa_ebm.config import CleanConfig, Config
+from qa_ebm.data.clean import clean_to_blocks, join_blocks, normalize_block
+from qa_ebm.data.physics import load_physics
+from qa_ebm.data.schema import RawExample, SourceReport
+from qa_ebm.data.sentences import SentenceSplitter, find_pretrained_punkt
+from qa_ebm.data.splits import assign_splits
+from qa_ebm.data.squad import load_squad
+from qa_ebm.data.tokenizer import build_tokenizer, load_tokenizer, tokenizer_info
+from qa_ebm.errors import ConfigError, DataError
+from qa_ebm.io import atomic_output_dir, check_output_dir, write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = "qa-ebm/dataset"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+FILTERS = ("empty", "min_sentences", "max_sentences", "max_sentence_tokens")
+
+
+@dataclass
+class PreprocessResult:
+    out: Path
+    manifest: dict[str, Any]
+
+
+def preprocess(
+    config: Config,
+    out: str | Path,
+    squad: str | None = None,
+    physics: str | None = None,
+    overwrite: bool = False,
+) -> PreprocessResult:
+    """Run the whole data stage; see the module docstring for what lands in `out`."""
+    import datasets
+
+    started = time.perf_counter()
+    cfg = config.data
+    squad = squad or cfg.squad.path
+    physics = physics or cfg.physics.path
+    if not squad and not physics:
+        raise ConfigError("no data source: pass --squad and/or --physics (or set data.squad.path / data.physics.path)")
+    out = check_output_dir(out, overwrite)
+
+    # 1. Sources -> one list of raw examples.
+    rows: list[RawExample] = []
+    reports: list[SourceReport] = []
+    if squad:
+        examples, report = load_squad(squad, cfg.squad, limit=cfg.limit)
+        rows += examples
+        reports.append(report)
+    if physics:
+        examples, report = load_physics(physics, cfg.physics, limit=cfg.limit)
+        rows += examples
+        reports.append(report)
+    ds = datasets.Dataset.from_list(rows)
+    del rows
+    map_kw = {"batched": True, "batch_size": cfg.batch_size, "num_proc": _num_proc(cfg.num_proc, len(ds))}
+
+    # 2. Markup -> clean text.
+    ds = ds.map(_Clean(cfg.clean), desc="clean text", new_fingerprint=_fp("clean", config), **map_kw)
+
+    # 3. Sentences: Punkt, pretrained where installed, else trained on this corpus.
+    splitter = _sentence_splitter(cfg.punkt, ds, cfg.punkt_train_chars)
+    ds = ds.map(_SplitSentences(splitter), desc="split sentences", new_fingerprint=_fp("split", config), **map_kw)
+
+    # 4. Sentence-count filters (unanswerable questions carry no target and are never filtered).
+    drops = {r.name: dict.fromkeys(FILTERS, 0) for r in reports}
+    keep = _sentence_filters(ds, cfg, drops)
+    ds = ds.select(np.flatnonzero(keep))
+    _check_not_all_dropped(ds, drops, cfg)
+
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        # 5. Tokenizer: trained on the kept text, or loaded; saved first so map workers load it.
+        corpus = _tokenizer_corpus(ds)
+        tok = build_tokenizer(
+            cfg.tokenizer.kind, cfg.tokenizer.name, corpus, cfg.tokenizer.vocab_size, cfg.tokenizer.model_type
+        )
+        tok.save(tmp / "tokenizer")
+        splitter.save(tmp / "punkt")
+
+        # 6. Hierarchical ids and masks.
+        features = ds.features.copy()
+        features.update(_id_features(cfg.max_sentences, cfg.max_words))
+        encode = _Encode(str(tmp / "tokenizer"), cfg.max_sentences, cfg.max_words, cfg.max_question_tokens)
+        ds = ds.map(encode, features=features, desc="tokenise", new_fingerprint=_fp("encode", config), **map_kw)
+        if cfg.max_sentence_tokens is not None:
+            keep = _token_filter(ds, cfg.max_sentence_tokens, drops)
+            ds = ds.select(np.flatnonzero(keep))
+            _check_not_all_dropped(ds, drops, cfg)
+
+        # 7. Grouped splits.
+        split_of = np.array(assign_splits(ds["group"], cfg.splits.val, cfg.splits.test, cfg.splits.seed))
+        dsd = datasets.DatasetDict(
+            {name: ds.select(np.flatnonzero(split_of == name)).flatten_indices() for name in SPLITS}
+        )
+        if len(dsd["train"]) == 0:
+            raise DataError(
+                f"the train split is empty: only {len(set(ds['group']))} question groups; "
+                "lower data.splits.val / data.splits.test or add data"
+            )
+
+        # 8. Write.
+        dsd.save_to_disk(str(tmp / "dataset"))
+        config.save(tmp / "config.yaml")
+        manifest = _manifest(config, reports, dsd, drops, tok, splitter, time.perf_counter() - started)
+        write_json(tmp / "manifest.json", manifest)
+    return PreprocessResult(out=out, manifest=manifest)
+
+
+# --------------------------------------------------------------------------------------- map steps
+
+
+class _Clean:
+    """Markup -> clean text for question and answer; SQuAD contexts stay verbatim (offsets)."""
+
+    def __init__(self, clean: CleanConfig):
+        self.clean = clean
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        def text(raw: str, markup: str) -> str:
+            return join_blocks(clean_to_blocks(raw, markup, self.clean.code_blocks, self.clean.images))
+
+        questions = [text(q, m) for q, m in zip(batch["question"], batch["markup"], strict=True)]
+        answers = [text(a, m) for a, m in zip(batch["answer"], batch["markup"], strict=True)]
+        references = [
+            [normalize_block(r) for r in refs] if m == "text" else [a]
+            for refs, a, m in zip(batch["references"], answers, batch["markup"], strict=True)
+        ]
+        return {"question": questions, "answer": answers, "references": references}
+
+
+class _SplitSentences:
+    def __init__(self, splitter: SentenceSplitter):
+        self.splitter = splitter
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        sentences = [self.splitter.split(a) if a else [] for a in batch["answer"]]
+        return {"sentences": sentences, "num_sentences": [len(s) for s in sentences]}
+
+
+class _Encode:
+    """Sentences -> (S, W) ids with EOS closing each sentence; question -> ids for a learned encoder."""
+
+    def __init__(self, tokenizer_dir: str, max_sentences: int, max_words: int, max_question_tokens: int):
+        self.tokenizer_dir = tokenizer_dir
+        self.S, self.W, self.Q = max_sentences, max_words, max_question_tokens
+        self._tok = None  # loaded lazily: in each map worker, from the saved files
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
+        if self._tok is None:
+            self._tok = load_tokenizer(self.tokenizer_dir)
+        tok, S, W = self._tok, self.S, self.W
+        pad, eos = tok.special.pad_id, tok.special.eos_id
+        flat = [s for sents in batch["sentences"] for s in sents]
+        flat_ids = iter(tok.encode_batch(flat))
+        B = len(batch["sentences"])
+        input_ids = np.full((B, S, W), pad, dtype=np.int32)
+        token_mask = np.zeros((B, S, W), dtype=np.int8)
+        sentence_mask = np.zeros((B, S), dtype=np.int8)
+        truncated = np.zeros(B, dtype=np.int32)
+        longest = np.zeros(B, dtype=np.int32)
+        for b, sents in enumerate(batch["sentences"]):
+            for s in range(len(sents)):
+                ids = next(flat_ids)
+                longest[b] = max(longest[b], len(ids))
+                truncated[b] += len(ids) > W - 1
+                ids = [*ids[: W - 1], eos]
+                input_ids[b, s, : len(ids)] = ids
+                token_mask[b, s, : len(ids)] = 1
+                sentence_mask[b, s] = 1
+        question_ids = [ids[: self.Q] for ids in tok.encode_batch(batch["question"])]
+        return {
+            "input_ids": input_ids,
+            "token_mask": token_mask,
+            "sentence_mask": sentence_mask,
+            "question_ids": question_ids,
+            "num_truncated": truncated,
+            "longest_sentence": longest,
+        }
+
+
+def _id_features(S: int, W: int) -> dict:
+    from datasets import Array2D, List, Value
+
+    return {
+        "input_ids": Array2D((S, W), "int32"),
+        "token_mask": Array2D((S, W), "int8"),
+        "sentence_mask": List(Value("int8"), length=S),
+        "question_ids": List(Value("int32")),
+        "num_truncated": Value("int32"),
+        "longest_sentence": Value("int32"),
+    }
+
+
+# --------------------------------------------------------------------------------------- steps
+
+
+def _sentence_splitter(spec: str, ds, max_chars: int) -> SentenceSplitter:
+    if spec in ("auto", "pretrained"):
+        found = find_pretrained_punkt()
+        if found is not None:
+            return SentenceSplitter.load(found, origin="pretrained")
+        if spec == "pretrained":
+            raise DataError(
+                "data.punkt=pretrained but NLTK's English punkt_tab data is not installed "
+                "(python -m nltk.downloader punkt_tab), or use data.punkt=auto to train one on the corpus"
+            )
+    if spec in ("auto", "train"):
+        return SentenceSplitter.train(_punkt_corpus(ds), max_chars=max_chars)
+    if not Path(spec).is_dir():
+        raise ConfigError(f"data.punkt={spec!r}: expected auto, pretrained, train or a punkt directory")
+    return SentenceSplitter.load(spec)
+
+
+def _punkt_corpus(ds):
+    """Prose to learn abbreviations and sentence starters from: answers, then unique contexts."""
+    yield from (a for a in ds["answer"] if a)
+    seen: set[str] = set()
+    for c in ds["context"]:
+        if c and c not in seen:
+            seen.add(c)
+            yield c
+
+
+def _tokenizer_corpus(ds):
+    yield from (s for sents in ds["sentences"] for s in sents)
+    yield from (q for q in ds["question"] if q)
+
+
+def _min_sentences(cfg, source: str) -> int:
+    if source == "physics" and cfg.physics.min_sentences is not None:
+        return cfg.physics.min_sentences
+    return cfg.min_sentences
+
+
+def _sentence_filters(ds, cfg, drops: dict[str, dict[str, int]]) -> np.ndarray:
+    n = np.asarray(ds["num_sentences"])
+    impossible = np.asarray(ds["is_impossible"], dtype=bool)
+    sources = np.asarray(ds["source"])
+    keep = np.ones(len(ds), dtype=bool)
+    for source in drops:
+        mine = (sources == source) & ~impossible
+        rules = [
+            ("empty", n == 0),
+            ("min_sentences", n < _min_sentences(cfg, source)),
+            ("max_sentences", n > cfg.max_sentences),
+        ]
+        for name, rejected in rules:  # an answer is counted under the first filter that drops it
+            hit = mine & keep & rejected
+            drops[source][name] += int(hit.sum())
+            keep &= ~hit
+    return keep
+
+
+def _token_filter(ds, max_tokens: int, drops: dict[str, dict[str, int]]) -> np.ndarray:
+    longest = np.asarray(ds["longest_sentence"])
+    hit = longest > max_tokens
+    for source, count in Counter(np.asarray(ds["source"])[hit]).items():
+        drops[str(source)]["max_sentence_tokens"] += int(count)
+    return ~hit
+
+
+def _check_not_all_dropped(ds, drops: dict[str, dict[str, int]], cfg) -> None:
+    if len(ds) > 0:
+        return
+    total = Counter()
+    for per_source in drops.values():
+        total.update(per_source)
+    worst, count = total.most_common(1)[0]
+    advice = {
+        "empty": "the answers have no text after cleaning: check data.clean and the source's answer field",
+        "min_sentences": f"lower data.min_sentences (now {cfg.min_sentences}) or data.physics.min_sentences",
+        "max_sentences": f"raise data.max_sentences (now {cfg.max_sentences}), "
+        f"e.g. --set data.max_sentences={cfg.max_sentences * 2}",
+        "max_sentence_tokens": f"raise data.max_sentence_tokens (now {cfg.max_sentence_tokens}) "
+        "or set it to null to truncate instead",
+    }[worst]
+    raise DataError(f"all examples were dropped by the filters ({worst} dropped {count}); {advice}")
+
+
+def _num_proc(requested: int, rows: int) -> int | None:
+    """datasets.map wants None for in-process work; more workers than ~1 batch each only costs."""
+    n = min(requested, max(1, rows // 1000))
+    return n if n > 1 else None
+
+
+def _fp(step: str, config: Config) -> str:
+    """Explicit fingerprints: our map callables hold objects `datasets` cannot hash cheaply."""
+    return hashlib.sha256(f"{step}:{config.hash()}".encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------- manifest
+
+
+def content_fingerprint(dsd) -> str:
+    """sha256 of every split's Arrow data: equal iff the processed datasets are equal."""
+    import pyarrow as pa
+
+    h = hashlib.sha256()
+    for name in sorted(dsd):
+        table = dsd[name].data.table.combine_chunks()
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        h.update(name.encode())
+        h.update(sink.getvalue().to_pybytes())
+    return h.hexdigest()
+
+
+def _manifest(config: Config, reports: list[SourceReport], dsd, drops, tok, splitter, seconds: float) -> dict[str, Any]:
+    counts = {name: len(dsd[name]) for name in SPLITS}
+    by_source = {name: dict(sorted(Counter(dsd[name]["source"]).items())) for name in SPLITS}
+    unanswerable = {name: int(sum(dsd[name]["is_impossible"])) for name in SPLITS}
+    truncated = int(sum(sum(dsd[name]["num_truncated"]) for name in SPLITS))
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_by": f"qa-ebm {__version__}",
+        "sources": [asdict(r) for r in reports],
+        "counts": counts,
+        "counts_by_source": by_source,
+        "unanswerable": unanswerable,
+        "filter_drops": drops,
+        "truncated_sentences": truncated,
+        "shape": {"max_sentences": config.data.max_sentences, "max_words": config.data.max_words},
+        "tokenizer": tokenizer_info(tok),
+        "punkt": {
+            "origin": "pretrained"
+            if splitter.origin == "pretrained"
+            else "trained"
+            if splitter.origin == "trained"
+            else "loaded"
+        },
+        "config_hash": config.hash(),
+        "fingerprint": content_fingerprint(dsd),
+        "versions": _versions(),
+        "seconds": round(seconds, 2),
+    }
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "qa_ebm": __version__}
+    for pkg in ("datasets", "pyarrow", "nltk", "sentencepiece", "transformers", "tokenizers", "beautifulsoup4"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out

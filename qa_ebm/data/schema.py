@@ -1,0 +1,39 @@
+"""The one record every source produces, before cleaning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+
+class RawExample(TypedDict):
+    id: str
+    source: str  # "squad" | "physics"
+    group: str  # split unit: SQuAD article title, Stack Exchange question
+    title: str
+    question: str  # markup as in the source (see `markup`)
+    context: str  # SQuAD passage, verbatim (answer offsets point into it); "" elsewhere
+    answer: str  # the gold answer, markup as in the source; "" when unanswerable
+    references: list[str]  # every gold answer text (SQuAD dev has several), for EM/F1
+    answer_start: int  # character offset of `answer` in `context`; -1 when not a span
+    is_impossible: bool  # SQuAD v2 "no answer": kept for the verifier, never generated
+    markup: str  # "html" | "text"
+
+
+@dataclass
+class SourceReport:
+    """What a source loader read, for the manifest and the summary."""
+
+    name: str
+    spec: str
+    kind: str  # "local" | "hub"
+    format: str
+    files: list[dict] = field(default_factory=list)  # {path, bytes, sha256}
+    hub: dict | None = None
+    questions: int = 0
+    examples: int = 0
+    unanswerable: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count, before any filter
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1

@@ -1,0 +1,30 @@
+"""Deterministic train/val/test splits grouped so that no question or article is in two splits."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+
+def assign_splits(groups: list[str], val: float, test: float, seed: int) -> list[str]:
+    """Split name per example.
+
+    Groups are ordered by a seeded hash of their key (stable across machines and Python runs), then
+    dealt out in that order: val until it holds `val` of the examples, then test, then train. A
+    group is never divided, so fractions are met as closely as the group sizes allow.
+    """
+    sizes = Counter(groups)
+    order = sorted(sizes, key=lambda g: hashlib.sha256(f"{seed}\x00{g}".encode()).hexdigest())
+    total = len(groups)
+    targets = [("val", val * total), ("test", test * total)]
+    where: dict[str, str] = {}
+    filled = {"val": 0, "test": 0}
+    for g in order:
+        for name, target in targets:
+            if filled[name] < target:
+                where[g] = name
+                filled[name] += sizes[g]
+                break
+        else:
+            where[g] = "train"
+    return [where[g] for g in groups]
