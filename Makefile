@@ -19,6 +19,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/qa-ebm preprocess --config configs/tiny.yaml --squad data/squad_sample.json \
+		--physics data/physics_sample.jsonl \
 		--out runs/sample/data --overwrite
 
 test: $(STAMP)

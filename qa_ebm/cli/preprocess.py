@@ -42,34 +42,32 @@ def run(args: argparse.Namespace) -> int:
 def print_summary(m: dict, out: str, console: Console | None = None) -> None:
     console = console or Console()
     sources = Table(title="sources", title_justify="left")
-    for col in ("source", "format", "questions", "kept", "unanswerable", "skipped", "filter drops"):
-        sources.add_column(col, justify="right" if col in ("questions", "kept", "unanswerable") else "left")
+    for col in ("source", "format", "questions", "kept", "unanswerable"):
+        sources.add_column(col, justify="left" if col in ("source", "format") else "right")
+    dropped = Table(title="dropped (first rule that applies)", title_justify="left")
+    for col in ("source", "rule", "examples"):
+        dropped.add_column(col, justify="right" if col == "examples" else "left")
     for s in m["sources"]:
-        drops = {k: v for k, v in m["filter_drops"][s["name"]].items() if v}
         kept = sum(m["counts_by_source"][split].get(s["name"], 0) for split in SPLITS)
-        sources.add_row(
-            s["name"],
-            s["format"],
-            str(s["questions"]),
-            str(kept),
-            str(s["unanswerable"]),
-            _fmt(s["skipped"]),
-            _fmt(drops),
-        )
+        sources.add_row(s["name"], s["format"], str(s["questions"]), str(kept), str(s["unanswerable"]))
+        for reason, n in s["skipped"].items():
+            dropped.add_row(s["name"], f"source: {reason}", str(n))
+        for rule, n in m["filter_drops"][s["name"]].items():
+            dropped.add_row(s["name"], f"filter: {rule}", str(n))
     splits = Table(title="splits", title_justify="left")
     for col in ("split", "examples", "unanswerable", "by source"):
-        splits.add_column(col)
+        splits.add_column(col, justify="left" if col in ("split", "by source") else "right")
     for split in SPLITS:
         splits.add_row(
             split, str(m["counts"][split]), str(m["unanswerable"][split]), _fmt(m["counts_by_source"][split])
         )
     tok = m["tokenizer"]
-    console.print(sources)
-    console.print(splits)
+    for table in (sources, dropped, splits):
+        console.print(table)
     console.print(
-        f"tokenizer {tok['kind']} ({tok['name']}), vocab {tok['vocab_size']}, special ids {tok['special']}; "
-        f"punkt {m['punkt']['origin']}; shape {m['shape']['max_sentences']} x {m['shape']['max_words']}; "
-        f"{m['truncated_sentences']} sentences truncated"
+        f"tokenizer: {tok['kind']} ({tok['name']}), vocab {tok['vocab_size']}, special ids {tok['special']}\n"
+        f"sentences: punkt {m['punkt']['origin']}; ids {m['shape']['max_sentences']} x {m['shape']['max_words']}; "
+        f"{m['truncated_sentences']} sentences truncated to max_words"
     )
     console.print(f"wrote {out} in {m['seconds']:.1f} s (fingerprint {m['fingerprint'][:12]})")
 

@@ -32,7 +32,7 @@ from qa_ebm.data.clean import clean_to_blocks, join_blocks, normalize_block
 from qa_ebm.data.physics import load_physics
 from qa_ebm.data.schema import RawExample, SourceReport
 from qa_ebm.data.sentences import SentenceSplitter, find_pretrained_punkt
-from qa_ebm.data.splits import assign_splits
+from qa_ebm.data.splits import assign_splits_by_source
 from qa_ebm.data.squad import load_squad
 from qa_ebm.data.tokenizer import build_tokenizer, load_tokenizer, tokenizer_info
 from qa_ebm.errors import ConfigError, DataError
@@ -83,7 +83,11 @@ def preprocess(
         reports.append(report)
     ds = datasets.Dataset.from_list(rows)
     del rows
-    map_kw = {"batched": True, "batch_size": cfg.batch_size, "num_proc": _num_proc(cfg.num_proc, len(ds))}
+    map_kw = {
+        "batched": True,
+        "batch_size": cfg.batch_size,
+        "num_proc": _num_proc(cfg.num_proc, len(ds), cfg.batch_size),
+    }
 
     # 2. Markup -> clean text.
     ds = ds.map(_Clean(cfg.clean), desc="clean text", new_fingerprint=_fp("clean", config), **map_kw)
@@ -107,31 +111,44 @@ def preprocess(
         tok.save(tmp / "tokenizer")
         splitter.save(tmp / "punkt")
 
-        # 6. Hierarchical ids and masks.
-        features = ds.features.copy()
-        features.update(_id_features(cfg.max_sentences, cfg.max_words))
+        # 6. Optional filter on the longest sentence's token count (else sentences are truncated).
         encode = _Encode(str(tmp / "tokenizer"), cfg.max_sentences, cfg.max_words, cfg.max_question_tokens)
-        ds = ds.map(encode, features=features, desc="tokenise", new_fingerprint=_fp("encode", config), **map_kw)
         if cfg.max_sentence_tokens is not None:
-            keep = _token_filter(ds, cfg.max_sentence_tokens, drops)
+            longest = ds.map(
+                _LongestSentence(encode), remove_columns=ds.column_names, desc="measure sentences", **map_kw
+            )
+            keep = _token_filter(ds, np.asarray(longest["longest_sentence"]), cfg.max_sentence_tokens, drops)
             ds = ds.select(np.flatnonzero(keep))
             _check_not_all_dropped(ds, drops, cfg)
 
-        # 7. Grouped splits.
-        split_of = np.array(assign_splits(ds["group"], cfg.splits.val, cfg.splits.test, cfg.splits.seed))
-        dsd = datasets.DatasetDict(
-            {name: ds.select(np.flatnonzero(split_of == name)).flatten_indices() for name in SPLITS}
+        # 7. Grouped splits, each encoded into fresh Arrow tables (selecting rows after encoding
+        # would make datasets re-cast every (S, W) array in Python when flattening the indices).
+        split_of = np.array(
+            assign_splits_by_source(ds["group"], ds["source"], cfg.splits.val, cfg.splits.test, cfg.splits.seed)
         )
-        if len(dsd["train"]) == 0:
+        if not (split_of == "train").any():
             raise DataError(
                 f"the train split is empty: only {len(set(ds['group']))} question groups; "
                 "lower data.splits.val / data.splits.test or add data"
+            )
+        features = ds.features.copy()
+        features.update(_id_features(cfg.max_sentences, cfg.max_words))
+        dsd = datasets.DatasetDict()
+        for name in SPLITS:
+            part = ds.select(np.flatnonzero(split_of == name))
+            dsd[name] = part.map(
+                encode,
+                features=features,
+                desc=f"tokenise {name}",
+                new_fingerprint=_fp(f"encode-{name}", config),
+                **{**map_kw, "num_proc": _num_proc(cfg.num_proc, len(part), cfg.batch_size)},
             )
 
         # 8. Write.
         dsd.save_to_disk(str(tmp / "dataset"))
         config.save(tmp / "config.yaml")
-        manifest = _manifest(config, reports, dsd, drops, tok, splitter, time.perf_counter() - started)
+        saved = datasets.load_from_disk(str(tmp / "dataset"))  # fingerprint what landed on disk
+        manifest = _manifest(config, reports, saved, drops, tok, splitter, time.perf_counter() - started)
         write_json(tmp / "manifest.json", manifest)
     return PreprocessResult(out=out, manifest=manifest)
 
@@ -208,6 +225,16 @@ class _Encode:
         }
 
 
+class _LongestSentence:
+    """Token count of each answer's longest sentence, for the `max_sentence_tokens` filter."""
+
+    def __init__(self, encode: _Encode):
+        self.encode = encode
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        return {"longest_sentence": self.encode(batch)["longest_sentence"].tolist()}
+
+
 def _id_features(S: int, W: int) -> dict:
     from datasets import Array2D, List, Value
 
@@ -281,8 +308,7 @@ def _sentence_filters(ds, cfg, drops: dict[str, dict[str, int]]) -> np.ndarray:
     return keep
 
 
-def _token_filter(ds, max_tokens: int, drops: dict[str, dict[str, int]]) -> np.ndarray:
-    longest = np.asarray(ds["longest_sentence"])
+def _token_filter(ds, longest: np.ndarray, max_tokens: int, drops: dict[str, dict[str, int]]) -> np.ndarray:
     hit = longest > max_tokens
     for source, count in Counter(np.asarray(ds["source"])[hit]).items():
         drops[str(source)]["max_sentence_tokens"] += int(count)
@@ -307,9 +333,9 @@ def _check_not_all_dropped(ds, drops: dict[str, dict[str, int]], cfg) -> None:
     raise DataError(f"all examples were dropped by the filters ({worst} dropped {count}); {advice}")
 
 
-def _num_proc(requested: int, rows: int) -> int | None:
-    """datasets.map wants None for in-process work; more workers than ~1 batch each only costs."""
-    n = min(requested, max(1, rows // 1000))
+def _num_proc(requested: int, rows: int, batch_size: int) -> int | None:
+    """datasets.map wants None for in-process work; a worker with less than a batch only costs."""
+    n = min(requested, -(-rows // batch_size))
     return n if n > 1 else None
 
 
@@ -327,7 +353,10 @@ def content_fingerprint(dsd) -> str:
 
     h = hashlib.sha256()
     for name in sorted(dsd):
-        table = dsd[name].data.table.combine_chunks()
+        table = dsd[name].data.table
+        # `take` rebuilds every buffer contiguously: the bytes depend on the data, not on how the
+        # map batches happened to chunk it (batch_size, num_proc).
+        table = table.take(np.arange(table.num_rows))
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)

@@ -28,3 +28,17 @@ def assign_splits(groups: list[str], val: float, test: float, seed: int) -> list
         else:
             where[g] = "train"
     return [where[g] for g in groups]
+
+
+def assign_splits_by_source(groups: list[str], sources: list[str], val: float, test: float, seed: int) -> list[str]:
+    """`assign_splits` within each source, so every split gets its share of every source.
+
+    Without this, a source of large groups (SQuAD articles) can fill val on its own and leave
+    another source (physics questions) with no validation examples at all.
+    """
+    out = [""] * len(groups)
+    for source in sorted(set(sources)):
+        idx = [i for i, s in enumerate(sources) if s == source]
+        for i, name in zip(idx, assign_splits([groups[i] for i in idx], val, test, seed), strict=True):
+            out[i] = name
+    return out
