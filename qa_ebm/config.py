@@ -91,7 +91,7 @@ class DataConfig:
     max_sentence_tokens: int | None = None  # drop an answer with a longer sentence (else truncate)
     max_question_tokens: int = 64
     punkt: str = "auto"  # auto | pretrained | train | a punkt dir saved by an earlier preprocess
-    punkt_train_chars: int = 2_000_000  # Punkt is unsupervised: a few MB of the corpus suffice
+    punkt_train_chars: int = 1_000_000  # Punkt is unsupervised: a few MB of the corpus suffice
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     splits: SplitConfig = field(default_factory=SplitConfig)

@@ -83,6 +83,25 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale(out: Path) -> None:
+    """Remove temp/old dirs that a killed run left beside `out` (their pid is gone)."""
+    for kind in ("tmp", "old"):
+        for stale in out.parent.glob(f".{out.name}.{kind}-*"):
+            pid = stale.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temp dir beside `out`; on success it replaces `out` in one rename.
@@ -92,6 +111,7 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterat
     """
     out = check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -30,6 +30,7 @@ _BLOCK_TAGS = frozenset(
 )
 _SKIP_TAGS = frozenset({"script", "style", "head", "title", "noscript", "template"})
 _WS_RE = re.compile(r"\s+")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _PARAGRAPH_RE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
@@ -41,18 +42,30 @@ def mask_math(text: str, fill: str = "x") -> str:
     return MATH_RE.sub(lambda m: fill * len(m.group(0)), text)
 
 
+def replace_lone_surrogates(text: str) -> str:
+    """JSON can carry half an emoji (`"\\ud83d"`); UTF-8 cannot. Replace such halves with U+FFFD."""
+    if text.isascii():
+        return text
+    return _SURROGATE_RE.sub("\ufffd", text)
+
+
 def normalize_block(text: str) -> str:
     return _WS_RE.sub(" ", text).strip()
 
 
+def block_spans(masked: str) -> list[tuple[int, int]]:
+    """(start, end) of each block of a math-masked text: blank (or whitespace-only) lines separate."""
+    spans, start = [], 0
+    for m in _PARAGRAPH_RE.finditer(masked):
+        spans.append((start, m.start()))
+        start = m.end()
+    spans.append((start, len(masked)))
+    return spans
+
+
 def text_to_blocks(text: str) -> list[str]:
     """Plain text or markdown: blocks are separated by blank lines, never inside a math span."""
-    masked = mask_math(text)
-    blocks, start = [], 0
-    for m in _PARAGRAPH_RE.finditer(masked):
-        blocks.append(text[start : m.start()])
-        start = m.end()
-    blocks.append(text[start:])
+    blocks = (text[a:b] for a, b in block_spans(mask_math(text)))
     return [b for b in map(normalize_block, blocks) if b]
 
 
@@ -63,6 +76,7 @@ def html_to_blocks(html: str, code_blocks: str = "placeholder", images: str = "a
     their text; `<pre>` code blocks become `[code]` (or are kept / dropped); images become
     `[image: alt text]` (or `[image]`, or nothing).
     """
+    html = replace_lone_surrogates(html)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
         soup = BeautifulSoup(html, "html.parser")
@@ -108,6 +122,7 @@ def _walk(node: Tag, parts: list[str], code_blocks: str, images: str) -> None:
 
 
 def clean_to_blocks(text: str, markup: str, code_blocks: str = "placeholder", images: str = "alt") -> list[str]:
+    text = replace_lone_surrogates(text)
     if markup == "html":
         return html_to_blocks(text, code_blocks=code_blocks, images=images)
     return text_to_blocks(text)

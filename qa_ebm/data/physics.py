@@ -277,7 +277,10 @@ def _pair_examples(path: Path, cfg: PhysicsSourceConfig, report: SourceReport, l
                     f"{where}: missing field {name!r} (pairs layout from data.physics.fields; "
                     f"fields present: {', '.join(sorted(rec))})"
                 )
-        by_group.setdefault(str(get_field(rec, f.group)), []).append((where, rec))
+        key = get_field(rec, f.group)
+        # A row without a group value is a question of its own, never merged with other such rows.
+        key = str(key) if key not in (None, "") else f"row:{where}"
+        by_group.setdefault(key, []).append((where, rec))
     examples = []
     for group, pairs in by_group.items():
         if limit is not None and len(examples) >= limit:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer, PunktTrainer
 
-from qa_ebm.data.clean import mask_math
+from qa_ebm.data.clean import block_spans, mask_math
 from qa_ebm.errors import DataError
 
 PUNKT_FILES = ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab")
@@ -82,10 +82,10 @@ class SentenceSplitter:
     def split(self, text: str) -> list[str]:
         """Sentences of `text`; blank lines are hard boundaries, math spans are never cut."""
         sentences = []
-        for block in text.split("\n\n"):
-            masked = mask_math(block, fill="x")
-            for start, end in self._punkt.span_tokenize(masked):
-                sentence = block[start:end].strip()
+        masked = mask_math(text, fill="x")
+        for a, b in block_spans(masked):
+            for start, end in self._punkt.span_tokenize(masked[a:b]):
+                sentence = text[a + start : a + end].strip()
                 if sentence:
                     sentences.append(sentence)
         return sentences

@@ -11,7 +11,9 @@ def assign_splits(groups: list[str], val: float, test: float, seed: int) -> list
 
     Groups are ordered by a seeded hash of their key (stable across machines and Python runs), then
     dealt out in that order: val until it holds `val` of the examples, then test, then train. A
-    group is never divided, so fractions are met as closely as the group sizes allow.
+    group is never divided, so fractions are met as closely as the group sizes allow; a group that
+    would take val or test past twice its share goes to train instead, so one large article can
+    never swallow the evaluation splits (or leave train empty).
     """
     sizes = Counter(groups)
     order = sorted(sizes, key=lambda g: hashlib.sha256(f"{seed}\x00{g}".encode()).hexdigest())
@@ -21,7 +23,7 @@ def assign_splits(groups: list[str], val: float, test: float, seed: int) -> list
     filled = {"val": 0, "test": 0}
     for g in order:
         for name, target in targets:
-            if filled[name] < target:
+            if filled[name] < target and filled[name] + sizes[g] <= 2 * target:
                 where[g] = name
                 filled[name] += sizes[g]
                 break
