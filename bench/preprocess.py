@@ -110,21 +110,21 @@ def summarise(values: list[float]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--num-proc", type=int, default=2)
+    parser.add_argument("--num-proc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not SQUAD.exists():
         print(f"skipped: {SQUAD} not found (see ../shared/data/SOURCES.md)")
         return 0
-    overrides = [f"data.num_proc={args.num_proc}"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         squad_x10 = tmp / "squad_x10.json"
         n_questions = make_squad_x10(squad_x10)
         workloads = [("squad-x10", "squad", squad_x10, n_questions), ("physics-pairs", "physics", PHYSICS, None)]
-        for name, kind, path, n in workloads:
-            out = tmp / f"out-{name}"
+        for (name, kind, path, n), num_proc in ((w, p) for w in workloads for p in args.num_proc):
+            overrides = [f"data.num_proc={num_proc}"]
+            out = tmp / f"out-{name}-{num_proc}"
             runs = [run_preprocess(kind, path, out, overrides) for _ in range(args.repeats + 1)][1:]
             ceiling = tokenizer_alone(out, args.repeats)
             secs = [r["seconds"] for r in runs]
@@ -132,6 +132,7 @@ def main() -> int:
             eps = [examples / s for s in secs]
             row = {
                 "workload": name,
+                "num_proc": num_proc,
                 "questions_in": n,
                 "examples_out": examples,
                 "wall_s": summarise(secs),
@@ -145,7 +146,7 @@ def main() -> int:
     result = {
         "benchmark": "preprocess",
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()},
-        "settings": {"config": "configs/tiny.yaml", "overrides": overrides, "repeats": args.repeats},
+        "settings": {"config": "configs/tiny.yaml", "num_proc": args.num_proc, "repeats": args.repeats},
         "goal": "squad-x10 under 60 s, >= 0.5 of tokenizer-alone throughput, peak RSS under 4 GiB",
         "results": rows,
     }
@@ -159,15 +160,16 @@ def main() -> int:
 def markdown(result: dict) -> str:
     lines = [
         f"# preprocess benchmark\n\nmachine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs, "
-        f"Python {result['machine']['python']}; {result['settings']['overrides']}, median of "
+        f"Python {result['machine']['python']}; configs/tiny.yaml, median of "
         f"{result['settings']['repeats']} runs after a warm-up (min..max).\n",
-        "| workload | examples | wall s | examples/s | tokenizer alone ex/s | fraction | peak RSS MB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| workload | num_proc | examples | wall s | examples/s | tokenizer alone ex/s | fraction | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["results"]:
         w, e, m = r["wall_s"], r["examples_per_s"], r["peak_rss_mb"]
         lines.append(
-            f"| {r['workload']} | {r['examples_out']} | {w['median']:.1f} ({w['min']:.1f}..{w['max']:.1f}) | "
+            f"| {r['workload']} | {r['num_proc']} | {r['examples_out']} | "
+            f"{w['median']:.1f} ({w['min']:.1f}..{w['max']:.1f}) | "
             f"{e['median']:.0f} | {r['tokenizer_alone_examples_per_s']:.0f} | "
             f"{r['fraction_of_tokenizer_alone']:.2f} | {m['median']:.0f} |"
         )

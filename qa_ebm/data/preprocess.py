@@ -97,14 +97,15 @@ def preprocess(
     ds = ds.map(_SplitSentences(splitter), desc="split sentences", new_fingerprint=_fp("split", config), **map_kw)
 
     # 4. Sentence-count filters (unanswerable questions carry no target and are never filtered).
+    # Kept rows are tracked as a mask over the full table and gathered once per split in step 7:
+    # `Dataset.select` would leave an indices mapping that later maps read back row by row.
     drops = {r.name: dict.fromkeys(FILTERS, 0) for r in reports}
     keep = _sentence_filters(ds, cfg, drops)
-    ds = ds.select(np.flatnonzero(keep))
-    _check_not_all_dropped(ds, drops, cfg)
+    _check_not_all_dropped(keep, drops, cfg)
 
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         # 5. Tokenizer: trained on the kept text, or loaded; saved first so map workers load it.
-        corpus = _tokenizer_corpus(ds)
+        corpus = _tokenizer_corpus(ds, keep)
         tok = build_tokenizer(
             cfg.tokenizer.kind, cfg.tokenizer.name, corpus, cfg.tokenizer.vocab_size, cfg.tokenizer.model_type
         )
@@ -114,30 +115,29 @@ def preprocess(
         # 6. Optional filter on the longest sentence's token count (else sentences are truncated).
         encode = _Encode(str(tmp / "tokenizer"), cfg.max_sentences, cfg.max_words, cfg.max_question_tokens)
         if cfg.max_sentence_tokens is not None:
-            longest = ds.map(
+            measured = ds.map(
                 _LongestSentence(encode), remove_columns=ds.column_names, desc="measure sentences", **map_kw
             )
-            keep = _token_filter(ds, np.asarray(column(longest, "longest_sentence")), cfg.max_sentence_tokens, drops)
-            ds = ds.select(np.flatnonzero(keep))
-            _check_not_all_dropped(ds, drops, cfg)
+            longest = np.asarray(column(measured, "longest_sentence"))
+            keep &= _token_filter(ds, keep, longest, cfg.max_sentence_tokens, drops)
+            _check_not_all_dropped(keep, drops, cfg)
 
-        # 7. Grouped splits, each encoded into fresh Arrow tables (selecting rows after encoding
-        # would make datasets re-cast every (S, W) array in Python when flattening the indices).
+        # 7. Grouped splits, each gathered in one Arrow `take` and encoded into fresh tables.
+        rows = np.flatnonzero(keep)
+        groups, sources = np.asarray(column(ds, "group"))[rows], np.asarray(column(ds, "source"))[rows]
         split_of = np.array(
-            assign_splits_by_source(
-                column(ds, "group"), column(ds, "source"), cfg.splits.val, cfg.splits.test, cfg.splits.seed
-            )
+            assign_splits_by_source(groups.tolist(), sources.tolist(), cfg.splits.val, cfg.splits.test, cfg.splits.seed)
         )
         if not (split_of == "train").any():
             raise DataError(
-                f"the train split is empty: only {len(set(ds['group']))} question groups; "
+                f"the train split is empty: only {len(set(groups.tolist()))} question groups; "
                 "lower data.splits.val / data.splits.test or add data"
             )
         features = ds.features.copy()
         features.update(_id_features(cfg.max_sentences, cfg.max_words))
         dsd = datasets.DatasetDict()
         for name in SPLITS:
-            part = ds.select(np.flatnonzero(split_of == name))
+            part = take_rows(ds, rows[split_of == name])
             dsd[name] = part.map(
                 encode,
                 features=features,
@@ -211,6 +211,8 @@ class _Encode:
             for s in range(len(sents)):
                 ids = next(flat_ids)
                 longest[b] = max(longest[b], len(ids))
+                if s >= S:  # only in the measuring pass, which sees rows the sentence filter drops
+                    continue
                 truncated[b] += len(ids) > W - 1
                 ids = [*ids[: W - 1], eos]
                 input_ids[b, s, : len(ids)] = ids
@@ -260,6 +262,15 @@ def column(ds, name: str) -> list:
     return ds.select_columns([name])[:][name]
 
 
+def take_rows(ds, rows: np.ndarray):
+    """Rows of a dataset without an indices mapping, as a new contiguous in-memory dataset."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    table = ds.data.table.take(rows)
+    return datasets.Dataset(InMemoryTable(table), info=ds.info.copy())
+
+
 def _sentence_splitter(spec: str, ds, max_chars: int) -> SentenceSplitter:
     if spec in ("auto", "pretrained"):
         found = find_pretrained_punkt()
@@ -287,9 +298,11 @@ def _punkt_corpus(ds):
             yield c
 
 
-def _tokenizer_corpus(ds):
-    yield from (s for sents in column(ds, "sentences") for s in sents)
-    yield from (q for q in column(ds, "question") if q)
+def _tokenizer_corpus(ds, keep: np.ndarray):
+    rows = np.flatnonzero(keep)
+    sentences, questions = column(ds, "sentences"), column(ds, "question")
+    yield from (s for i in rows for s in sentences[i])
+    yield from (questions[i] for i in rows if questions[i])
 
 
 def _min_sentences(cfg, source: str) -> int:
@@ -317,15 +330,18 @@ def _sentence_filters(ds, cfg, drops: dict[str, dict[str, int]]) -> np.ndarray:
     return keep
 
 
-def _token_filter(ds, longest: np.ndarray, max_tokens: int, drops: dict[str, dict[str, int]]) -> np.ndarray:
-    hit = longest > max_tokens
+def _token_filter(
+    ds, keep: np.ndarray, longest: np.ndarray, max_tokens: int, drops: dict[str, dict[str, int]]
+) -> np.ndarray:
+    impossible = np.asarray(column(ds, "is_impossible"), dtype=bool)
+    hit = keep & ~impossible & (longest > max_tokens)
     for source, count in Counter(np.asarray(column(ds, "source"))[hit]).items():
         drops[str(source)]["max_sentence_tokens"] += int(count)
     return ~hit
 
 
-def _check_not_all_dropped(ds, drops: dict[str, dict[str, int]], cfg) -> None:
-    if len(ds) > 0:
+def _check_not_all_dropped(keep: np.ndarray, drops: dict[str, dict[str, int]], cfg) -> None:
+    if keep.any():
         return
     total = Counter()
     for per_source in drops.values():
