@@ -101,7 +101,7 @@ def preprocess(
     # `Dataset.select` would leave an indices mapping that later maps read back row by row.
     drops = {r.name: dict.fromkeys(FILTERS, 0) for r in reports}
     keep = _sentence_filters(ds, cfg, drops)
-    _check_not_all_dropped(keep, drops, cfg)
+    _check_not_all_dropped(keep, drops, cfg, np.asarray(column(ds, "num_sentences")))
 
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         # 5. Tokenizer: trained on the kept text, or loaded; saved first so map workers load it.
@@ -120,7 +120,7 @@ def preprocess(
             )
             longest = np.asarray(column(measured, "longest_sentence"))
             keep &= _token_filter(ds, keep, longest, cfg.max_sentence_tokens, drops)
-            _check_not_all_dropped(keep, drops, cfg)
+            _check_not_all_dropped(keep, drops, cfg, longest=longest)
 
         # 7. Grouped splits, each gathered in one Arrow `take` and encoded into fresh tables.
         rows = np.flatnonzero(keep)
@@ -340,7 +340,14 @@ def _token_filter(
     return ~hit
 
 
-def _check_not_all_dropped(keep: np.ndarray, drops: dict[str, dict[str, int]], cfg) -> None:
+def _check_not_all_dropped(
+    keep: np.ndarray,
+    drops: dict[str, dict[str, int]],
+    cfg,
+    n: np.ndarray | None = None,
+    longest: np.ndarray | None = None,
+) -> None:
+    """Raise when nothing is left, naming the filter that dropped most and a setting that keeps 95%."""
     if keep.any():
         return
     total = Counter()
@@ -351,11 +358,17 @@ def _check_not_all_dropped(keep: np.ndarray, drops: dict[str, dict[str, int]], c
         "empty": "the answers have no text after cleaning: check data.clean and the source's answer field",
         "min_sentences": f"lower data.min_sentences (now {cfg.min_sentences}) or data.physics.min_sentences",
         "max_sentences": f"raise data.max_sentences (now {cfg.max_sentences}), "
-        f"e.g. --set data.max_sentences={cfg.max_sentences * 2}",
-        "max_sentence_tokens": f"raise data.max_sentence_tokens (now {cfg.max_sentence_tokens}) "
+        f"e.g. --set data.max_sentences={_percentile(n, 95, cfg.max_sentences * 2)}",
+        "max_sentence_tokens": f"raise data.max_sentence_tokens (now {cfg.max_sentence_tokens}), "
+        f"e.g. --set data.max_sentence_tokens={_percentile(longest, 95, 2 * (cfg.max_sentence_tokens or 1))}, "
         "or set it to null to truncate instead",
     }[worst]
     raise DataError(f"all examples were dropped by the filters ({worst} dropped {count}); {advice}")
+
+
+def _percentile(values: np.ndarray | None, q: float, fallback: int) -> int:
+    values = values[values > 0] if values is not None else None
+    return int(np.ceil(np.percentile(values, q))) if values is not None and len(values) else fallback
 
 
 def _num_proc(requested: int, rows: int, batch_size: int) -> int | None:
