@@ -61,7 +61,14 @@ def _child_preprocess(args: tuple, queue: mp.Queue) -> None:
     result = preprocess(config, out, **{kind: str(path)}, overwrite=True)
     seconds = time.perf_counter() - t0
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put({"seconds": seconds, "peak_self_kb": peak_kb, "examples": sum(result.manifest["counts"].values())})
+    queue.put(
+        {
+            "seconds": seconds,
+            "peak_self_kb": peak_kb,
+            "examples": sum(result.manifest["counts"].values()),
+            "stages": result.manifest["seconds_by_stage"],
+        }
+    )
 
 
 def run_preprocess(kind: str, path: Path, out: Path, overrides: list[str]) -> dict:
@@ -121,10 +128,19 @@ def main() -> int:
         tmp = Path(tmp)
         squad_x10 = tmp / "squad_x10.json"
         n_questions = make_squad_x10(squad_x10)
-        workloads = [("squad-x10", "squad", squad_x10, n_questions), ("physics-pairs", "physics", PHYSICS, None)]
-        for (name, kind, path, n), num_proc in ((w, p) for w in workloads for p in args.num_proc):
-            overrides = [f"data.num_proc={num_proc}"]
-            out = tmp / f"out-{name}-{num_proc}"
+        # "reuse": the tokenizer and Punkt model of an earlier run, as when re-processing a corpus.
+        reuse = [
+            f"data.tokenizer.name={tmp}/out-squad-x10-1/tokenizer/spm.model",
+            f"data.punkt={tmp}/out-squad-x10-1/punkt",
+        ]
+        workloads = [
+            ("squad-x10", "squad", squad_x10, n_questions, [], args.num_proc),
+            ("squad-x10 reuse tokenizer+punkt", "squad", squad_x10, n_questions, reuse, [1]),
+            ("physics-pairs", "physics", PHYSICS, None, [], args.num_proc),
+        ]
+        for (name, kind, path, n, extra, _), num_proc in ((w, p) for w in workloads for p in w[-1]):
+            overrides = [f"data.num_proc={num_proc}", *extra]
+            out = tmp / f"out-{name.split()[0]}-{num_proc}{'-reuse' if extra else ''}"
             runs = [run_preprocess(kind, path, out, overrides) for _ in range(args.repeats + 1)][1:]
             ceiling = tokenizer_alone(out, args.repeats)
             secs = [r["seconds"] for r in runs]
@@ -140,6 +156,9 @@ def main() -> int:
                 "peak_rss_mb": summarise([r["peak_rss_mb"] for r in runs]),
                 "tokenizer_alone_examples_per_s": ceiling["examples_per_s"],
                 "fraction_of_tokenizer_alone": statistics.median(eps) / ceiling["examples_per_s"],
+                "seconds_by_stage_median": {
+                    k: statistics.median(r["stages"][k] for r in runs) for k in runs[0]["stages"]
+                },
             }
             rows.append(row)
             print(json.dumps(row, indent=2), flush=True)
@@ -174,6 +193,14 @@ def markdown(result: dict) -> str:
             f"{r['fraction_of_tokenizer_alone']:.2f} | {m['median']:.0f} |"
         )
     lines.append(f"\ngoal: {result['goal']}\n")
+    lines.append("seconds by stage (median):\n")
+    stages = list(result["results"][0]["seconds_by_stage_median"])
+    lines.append("| workload | num_proc | " + " | ".join(stages) + " |")
+    lines.append("| --- | --- | " + " | ".join("---" for _ in stages) + " |")
+    for r in result["results"]:
+        cells = " | ".join(f"{r['seconds_by_stage_median'].get(k, 0):.2f}" for k in stages)
+        lines.append(f"| {r['workload']} | {r['num_proc']} | {cells} |")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from qa_ebm import __version__
 from qa_ebm.config import CleanConfig, Config
-from qa_ebm.data.clean import clean_to_blocks, join_blocks, normalize_block
+from qa_ebm.data.clean import clean_to_blocks, join_blocks
 from qa_ebm.data.physics import load_physics
 from qa_ebm.data.schema import RawExample, SourceReport
 from qa_ebm.data.sentences import SentenceSplitter, find_pretrained_punkt
@@ -62,7 +62,7 @@ def preprocess(
     """Run the whole data stage; see the module docstring for what lands in `out`."""
     import datasets
 
-    started = time.perf_counter()
+    clock = _Stopwatch()
     cfg = config.data
     squad = squad or cfg.squad.path
     physics = physics or cfg.physics.path
@@ -89,13 +89,16 @@ def preprocess(
         "num_proc": _num_proc(cfg.num_proc, len(ds), cfg.batch_size),
     }
 
+    clock.lap("load")
     # 2. Markup -> clean text.
     ds = ds.map(_Clean(cfg.clean), desc="clean text", new_fingerprint=_fp("clean", config), **map_kw)
 
+    clock.lap("clean")
     # 3. Sentences: Punkt, pretrained where installed, else trained on this corpus.
     splitter = _sentence_splitter(cfg.punkt, ds, cfg.punkt_train_chars)
     ds = ds.map(_SplitSentences(splitter), desc="split sentences", new_fingerprint=_fp("split", config), **map_kw)
 
+    clock.lap("sentences")
     # 4. Sentence-count filters (unanswerable questions carry no target and are never filtered).
     # Kept rows are tracked as a mask over the full table and gathered once per split in step 7:
     # `Dataset.select` would leave an indices mapping that later maps read back row by row.
@@ -104,6 +107,7 @@ def preprocess(
     _check_not_all_dropped(keep, drops, cfg, np.asarray(column(ds, "num_sentences")))
 
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        clock.lap("filter")
         # 5. Tokenizer: trained on the kept text, or loaded; saved first so map workers load it.
         corpus = _tokenizer_corpus(ds, keep)
         tok = build_tokenizer(
@@ -112,6 +116,7 @@ def preprocess(
         tok.save(tmp / "tokenizer")
         splitter.save(tmp / "punkt")
 
+        clock.lap("tokenizer")
         # 6. Optional filter on the longest sentence's token count (else sentences are truncated).
         encode = _Encode(str(tmp / "tokenizer"), cfg.max_sentences, cfg.max_words, cfg.max_question_tokens)
         if cfg.max_sentence_tokens is not None:
@@ -122,6 +127,7 @@ def preprocess(
             keep &= _token_filter(ds, keep, longest, cfg.max_sentence_tokens, drops)
             _check_not_all_dropped(keep, drops, cfg, longest=longest)
 
+        clock.lap("token_filter")
         # 7. Grouped splits, each gathered in one Arrow `take` and encoded into fresh tables.
         rows = np.flatnonzero(keep)
         groups, sources = np.asarray(column(ds, "group"))[rows], np.asarray(column(ds, "source"))[rows]
@@ -146,11 +152,13 @@ def preprocess(
                 **{**map_kw, "num_proc": _num_proc(cfg.num_proc, len(part), cfg.batch_size)},
             )
 
+        clock.lap("encode")
         # 8. Write.
         dsd.save_to_disk(str(tmp / "dataset"))
         config.save(tmp / "config.yaml")
         saved = datasets.load_from_disk(str(tmp / "dataset"))  # fingerprint what landed on disk
-        manifest = _manifest(config, reports, saved, drops, tok, splitter, time.perf_counter() - started)
+        clock.lap("write")
+        manifest = _manifest(config, reports, saved, drops, tok, splitter, clock)
         write_json(tmp / "manifest.json", manifest)
     return PreprocessResult(out=out, manifest=manifest)
 
@@ -159,7 +167,12 @@ def preprocess(
 
 
 class _Clean:
-    """Markup -> clean text for question and answer; SQuAD contexts stay verbatim (offsets)."""
+    """Markup -> clean text for questions and free-form answers.
+
+    Span answers (those with an `answer_start` into a context, i.e. SQuAD) and their contexts stay
+    verbatim, whitespace included: `context[answer_start:][:len(answer)] == answer` must hold for
+    reading mode, and SQuAD contexts do contain double spaces.
+    """
 
     def __init__(self, clean: CleanConfig):
         self.clean = clean
@@ -169,11 +182,16 @@ class _Clean:
             return join_blocks(clean_to_blocks(raw, markup, self.clean.code_blocks, self.clean.images))
 
         questions = [text(q, m) for q, m in zip(batch["question"], batch["markup"], strict=True)]
-        answers = [text(a, m) for a, m in zip(batch["answer"], batch["markup"], strict=True)]
-        references = [
-            [normalize_block(r) for r in refs] if m == "text" else [a]
-            for refs, a, m in zip(batch["references"], answers, batch["markup"], strict=True)
-        ]
+        answers, references = [], []
+        for answer, refs, start, markup in zip(
+            batch["answer"], batch["references"], batch["answer_start"], batch["markup"], strict=True
+        ):
+            if start >= 0:
+                answers.append(answer)
+                references.append(refs)
+            else:
+                answers.append(text(answer, markup))
+                references.append([answers[-1]])
         return {"question": questions, "answer": answers, "references": references}
 
 
@@ -403,11 +421,13 @@ def content_fingerprint(dsd) -> str:
     return h.hexdigest()
 
 
-def _manifest(config: Config, reports: list[SourceReport], dsd, drops, tok, splitter, seconds: float) -> dict[str, Any]:
+def _manifest(config: Config, reports: list[SourceReport], dsd, drops, tok, splitter, clock) -> dict[str, Any]:
     counts = {name: len(dsd[name]) for name in SPLITS}
     by_source = {name: dict(sorted(Counter(column(dsd[name], "source")).items())) for name in SPLITS}
     unanswerable = {name: int(sum(column(dsd[name], "is_impossible"))) for name in SPLITS}
     truncated = int(sum(sum(column(dsd[name], "num_truncated")) for name in SPLITS))
+    fingerprint = content_fingerprint(dsd)
+    clock.lap("manifest")
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -428,10 +448,28 @@ def _manifest(config: Config, reports: list[SourceReport], dsd, drops, tok, spli
             else "loaded"
         },
         "config_hash": config.hash(),
-        "fingerprint": content_fingerprint(dsd),
+        "fingerprint": fingerprint,
         "versions": _versions(),
-        "seconds": round(seconds, 2),
+        "seconds": round(clock.total, 2),
+        "seconds_by_stage": {k: round(v, 3) for k, v in clock.laps.items()},
     }
+
+
+class _Stopwatch:
+    """Wall time per stage, for the summary and the benchmark (not part of the fingerprint)."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start
 
 
 def _versions() -> dict[str, str]:
