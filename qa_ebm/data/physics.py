@@ -29,7 +29,7 @@ H4_FIELDS = ("qid", "question", "answers")
 
 
 def load_physics(
-    spec: str, cfg: PhysicsSourceConfig, limit: int | None = None
+    spec: str, cfg: PhysicsSourceConfig, limit: int | None = None, streaming: bool = False
 ) -> tuple[list[RawExample], SourceReport]:
     path = resolve_local(
         spec, "a physics file or a Hub id", "data/physics_sample.jsonl or HuggingFaceH4/stack-exchange-preferences"
@@ -45,7 +45,7 @@ def load_physics(
             format="h4",
             hub={"id": spec, "data_dir": cfg.hub_data_dir, "split": cfg.hub_split},
         )
-        rows = load_hub_dataset(spec, LOCAL_HINT, data_dir=cfg.hub_data_dir, split=cfg.hub_split, streaming=True)
+        rows = load_hub_dataset(spec, LOCAL_HINT, data_dir=cfg.hub_data_dir, split=cfg.hub_split, streaming=streaming)
         examples = _h4_examples(((f"{spec}[{i}]", r) for i, r in enumerate(rows)), report, limit)
     else:
         if path.is_dir():

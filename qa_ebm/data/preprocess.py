@@ -74,11 +74,11 @@ def preprocess(
     rows: list[RawExample] = []
     reports: list[SourceReport] = []
     if squad:
-        examples, report = load_squad(squad, cfg.squad, limit=cfg.limit)
+        examples, report = load_squad(squad, cfg.squad, limit=cfg.limit, streaming=cfg.streaming)
         rows += examples
         reports.append(report)
     if physics:
-        examples, report = load_physics(physics, cfg.physics, limit=cfg.limit)
+        examples, report = load_physics(physics, cfg.physics, limit=cfg.limit, streaming=cfg.streaming)
         rows += examples
         reports.append(report)
     ds = datasets.Dataset.from_list(rows)

@@ -22,11 +22,13 @@ from qa_ebm.io import open_input, sha256_file
 LOCAL_HINT = "--squad path/to/dev-v1.1.json"
 
 
-def load_squad(spec: str, cfg: SquadSourceConfig, limit: int | None = None) -> tuple[list[RawExample], SourceReport]:
+def load_squad(
+    spec: str, cfg: SquadSourceConfig, limit: int | None = None, streaming: bool = False
+) -> tuple[list[RawExample], SourceReport]:
     path = resolve_local(spec, "a SQuAD JSON file or a Hub id", "data/squad_sample.json or rajpurkar/squad")
     if path is None:
         report = SourceReport(name="squad", spec=spec, kind="hub", format="hub", hub={"id": spec})
-        rows = _hub_rows(spec)
+        rows = _hub_rows(spec, streaming)
     else:
         if path.is_dir():
             raise DataError(f"{path}: is a directory; pass the SQuAD JSON file itself")
@@ -112,8 +114,8 @@ def _json_rows(path: Path) -> Iterator[RawExample]:
                 )
 
 
-def _hub_rows(repo_id: str) -> Iterator[RawExample]:
-    dsd = load_hub_dataset(repo_id, LOCAL_HINT)
+def _hub_rows(repo_id: str, streaming: bool) -> Iterator[RawExample]:
+    dsd = load_hub_dataset(repo_id, LOCAL_HINT, streaming=streaming)
     for split in dsd:
         for row in dsd[split]:
             ans = row["answers"]
