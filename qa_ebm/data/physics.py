@@ -22,7 +22,7 @@ from qa_ebm.data.hub import load_hub_dataset, resolve_local
 from qa_ebm.data.records import RECORD_SUFFIXES, get_field, iter_records
 from qa_ebm.data.schema import RawExample, SourceReport
 from qa_ebm.errors import DataError
-from qa_ebm.io import open_input, sha256_file, strip_compression_suffix
+from qa_ebm.io import open_input, strip_compression_suffix
 
 LOCAL_HINT = "--physics data/physics_sample.jsonl"
 H4_FIELDS = ("qid", "question", "answers")
@@ -51,13 +51,7 @@ def load_physics(
         if path.is_dir():
             raise DataError(f"{path}: is a directory; pass the data file itself (JSONL, parquet, CSV or Posts.xml)")
         fmt = detect_format(path, cfg)
-        report = SourceReport(
-            name="physics",
-            spec=spec,
-            kind="local",
-            format=fmt,
-            files=[{"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}],
-        )
+        report = SourceReport.for_file("physics", spec, path, fmt)
         if fmt == "h4":
             examples = _h4_examples(iter_records(path), report, limit)
         elif fmt == "posts_xml":

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypedDict
+
+from qa_ebm.io import sha256_file
 
 
 class RawExample(TypedDict):
@@ -34,6 +37,17 @@ class SourceReport:
     examples: int = 0
     unanswerable: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count, before any filter
+
+    @classmethod
+    def for_file(cls, name: str, spec: str, path: Path, format: str) -> SourceReport:
+        """A report for a local file, with its size and content hash for the manifest."""
+        return cls(
+            name=name,
+            spec=spec,
+            kind="local",
+            format=format,
+            files=[{"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}],
+        )
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1

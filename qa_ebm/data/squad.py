@@ -17,7 +17,7 @@ from qa_ebm.config import SquadSourceConfig
 from qa_ebm.data.hub import load_hub_dataset, resolve_local
 from qa_ebm.data.schema import RawExample, SourceReport
 from qa_ebm.errors import DataError
-from qa_ebm.io import open_input, sha256_file
+from qa_ebm.io import open_input
 
 LOCAL_HINT = "--squad path/to/dev-v1.1.json"
 
@@ -32,13 +32,7 @@ def load_squad(
     else:
         if path.is_dir():
             raise DataError(f"{path}: is a directory; pass the SQuAD JSON file itself")
-        report = SourceReport(
-            name="squad",
-            spec=spec,
-            kind="local",
-            format="squad-json",
-            files=[{"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}],
-        )
+        report = SourceReport.for_file("squad", spec, path, "squad-json")
         rows = _json_rows(path)
     examples: list[RawExample] = []
     seen_ids: set[str] = set()
