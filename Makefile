@@ -19,8 +19,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/qa-ebm preprocess --config configs/tiny.yaml --squad data/squad_sample.json \
-		--physics data/physics_sample.jsonl \
-		--out runs/sample/data --overwrite
+		--physics data/physics_sample.jsonl --out runs/sample/data --overwrite
+	$(BIN)/qa-ebm train-hvae --config configs/tiny.yaml --data runs/sample/data --out runs/sample/hvae --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

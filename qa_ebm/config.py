@@ -122,18 +122,69 @@ class DataConfig:
 
 @dataclass
 class HVAEConfig:
-    """Model sizes shared by the HVAE stage (issue 3 trains it; preprocess only records it)."""
+    """The hierarchical VAE's architecture (qa_ebm/models/hvae.py)."""
 
     d_model: int = 128
     n_heads: int = 4
     word_layers: int = 2
     sentence_layers: int = 2
     latent_dim: int = 32
-    decoder: str = "scratch-gpt2"  # scratch-gpt2 | scratch-bart | a Hub id | a local dir
+    dropout: float = 0.1
+    # scratch-gpt2 | scratch-bart (small LMs trained from scratch on the dataset tokenizer), or a Hub id /
+    # local dir of a causal LM (GPT-2 family, or any AutoModelForCausalLM; `gguf_file` for a GGUF file).
+    decoder: str = "scratch-gpt2"
+    gguf_file: str | None = None
+    decoder_layers: int = 2  # scratch decoders only
+    prefix_len: int = 4  # prefix vectors (GPT-2) / memory vectors (BART) per sentence
 
     def validate(self) -> None:
         if self.d_model % self.n_heads:
-            raise ConfigError(f"hvae.d_model={self.d_model} must be divisible by hvae.n_heads")
+            raise ConfigError(f"hvae.d_model={self.d_model} must be divisible by hvae.n_heads={self.n_heads}")
+        if min(self.d_model, self.latent_dim, self.prefix_len, self.word_layers, self.sentence_layers) < 1:
+            raise ConfigError("hvae.d_model, latent_dim, prefix_len, word_layers and sentence_layers must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"hvae.dropout={self.dropout} must be in [0, 1)")
+
+
+@dataclass
+class TrainHVAEConfig:
+    """`qa-ebm train-hvae`: optimisation, KL schedule, free bits, word dropout, evaluation."""
+
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    eval_every: int = 250
+    save_every: int = 250
+    max_seconds: float | None = None  # a wall-clock budget: stop, save and export when it is spent
+    beta_g: float = 1.0  # the KL weights' maximum (annealed from 0)
+    beta_l: float = 1.0
+    kl_cycles: int = 1
+    kl_ramp_fraction: float = 0.5
+    beta_decrease_start: float | None = None  # fraction of the run after which beta falls to beta_final
+    beta_final: float = 0.0
+    free_bits: float = 0.0  # nats per latent dimension (per group if free_bits_per_dim is false)
+    free_bits_per_dim: bool = True
+    word_dropout_encoder: float = 0.0
+    word_dropout_decoder: float = 0.25
+    count_loss_weight: float = 1.0
+    num_samples: int = 3  # reconstructions and prior samples shown at each eval
+    report_to: Literal["none", "wandb"] = "none"
+
+    def validate(self) -> None:
+        if min(self.steps, self.batch_size, self.grad_accum, self.eval_every, self.save_every) < 1:
+            raise ConfigError("train_hvae.steps, batch_size, grad_accum, eval_every and save_every must be >= 1")
+        if self.warmup_steps > self.steps:
+            raise ConfigError(f"train_hvae.warmup_steps={self.warmup_steps} exceeds train_hvae.steps={self.steps}")
+        for name in ("word_dropout_encoder", "word_dropout_decoder"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"train_hvae.{name} must be in [0, 1)")
 
 
 # --------------------------------------------------------------------------------------- root
@@ -143,6 +194,7 @@ class HVAEConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     hvae: HVAEConfig = field(default_factory=HVAEConfig)
+    train_hvae: TrainHVAEConfig = field(default_factory=TrainHVAEConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):
@@ -198,6 +250,13 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
     node[parts[-1]] = value
+
+
+def config_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build and validate one config dataclass (e.g. HVAEConfig read back from a model dir)."""
+    obj = _build(cls, data, prefix="", where=where)
+    obj.validate()
+    return obj
 
 
 def _build(cls: type, data: Any, prefix: str, where: str) -> Any:

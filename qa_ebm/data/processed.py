@@ -1,0 +1,59 @@
+"""Reading a `qa-ebm preprocess` output directory back, with its promises checked."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qa_ebm.errors import CheckpointError
+
+FORMAT = "qa-ebm/dataset"
+
+
+@dataclass
+class ProcessedData:
+    root: Path
+    manifest: dict[str, Any]
+    dataset: Any  # datasets.DatasetDict
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def punkt_dir(self) -> Path:
+        return self.root / "punkt"
+
+    def answer_arrays(self, split: str) -> dict[str, Any]:
+        """The split's answerable examples as arrays: ids (N,), input_ids / token_mask (N, S, W), sentence_mask (N, S).
+
+        Unanswerable questions (no target) and answers with no sentence are left out.
+        """
+        ds = self.dataset[split]
+        cols = ds.select_columns(["id", "is_impossible", "num_sentences"])[:]
+        keep = np.flatnonzero(~np.asarray(cols["is_impossible"], dtype=bool) & (np.asarray(cols["num_sentences"]) > 0))
+        arrays = ds.select(keep).with_format("numpy", columns=["input_ids", "token_mask", "sentence_mask"])[:]
+        return {"ids": [cols["id"][i] for i in keep], **arrays}
+
+
+def load_processed(directory: str | Path) -> ProcessedData:
+    import datasets
+
+    root = Path(directory)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{root}: not a qa-ebm preprocess output (no manifest.json); run qa-ebm preprocess first")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{manifest_path}: not valid JSON ({e.msg})") from e
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    for needed in ("dataset", "tokenizer"):
+        if not (root / needed).is_dir():
+            raise CheckpointError(f"{root}: incomplete preprocess output (no {needed}/)")
+    return ProcessedData(root=root, manifest=manifest, dataset=datasets.load_from_disk(str(root / "dataset")))

@@ -1,0 +1,1 @@
+"""Models: the hierarchical VAE and its latent -> text decoders."""

@@ -1,0 +1,1 @@
+"""Trainers, schedules and checkpoints."""

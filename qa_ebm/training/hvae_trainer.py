@@ -1,0 +1,452 @@
+"""`qa-ebm train-hvae`: train the hierarchical VAE on a preprocess output, then encode every split.
+
+Run directory:
+
+    config.yaml         the resolved config
+    manifest.json       data dir + fingerprint, config hash, versions, final metrics
+    metrics.jsonl       one line per eval (and per log interval): losses, KLs, active units, samples
+    model/              HVAE.save_pretrained (config.json + model.safetensors)
+    tokenizer/ punkt/   copied from the data dir: the run is self-contained
+    trainer_state/      model + optimizer + scheduler + RNG (safetensors + JSON); --resume continues it
+    latents/{split}.safetensors + {split}.json   posterior means and log-variances per answer, with ids
+
+Determinism: the batch of a step is a function of (seed, step) alone (a seeded permutation per epoch), and
+the RNG state is checkpointed, so a resumed run replays the uninterrupted run's losses exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from qa_ebm import __version__
+from qa_ebm.config import Config, TrainHVAEConfig
+from qa_ebm.data.processed import ProcessedData, load_processed
+from qa_ebm.data.tokenizer import load_tokenizer
+from qa_ebm.errors import CheckpointError, ConfigError, OutputExistsError, QaEbmError
+from qa_ebm.io import write_json
+from qa_ebm.models.hvae import HVAE, TokenSpec
+from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
+from qa_ebm.training.schedules import kl_beta, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+# Settings that may change on --resume (they do not change what a step computes).
+RESUMABLE_CHANGES = {"steps", "max_seconds", "eval_every", "save_every", "report_to", "num_samples"}
+
+
+class TrainingError(QaEbmError):
+    """Training cannot go on (non-finite loss, out of memory); the message says what to change."""
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    step: int
+    stopped: str  # "done" | "time budget"
+    metrics: dict[str, Any]
+
+
+def token_spec(data: ProcessedData) -> TokenSpec:
+    special, shape = data.manifest["tokenizer"]["special"], data.manifest["shape"]
+    return TokenSpec(
+        vocab_size=data.manifest["tokenizer"]["vocab_size"],
+        pad_id=special["pad_id"],
+        eos_id=special["eos_id"],
+        mask_id=special["mask_id"],
+        max_sentences=shape["max_sentences"],
+        max_words=shape["max_words"],
+    )
+
+
+def check_tokenizer_matches_decoder(tokenizer: dict[str, Any], decoder: str) -> None:
+    """A pretrained decoder reads its own tokenizer's ids: the data must have been tokenised with it."""
+    if decoder.startswith("scratch-"):
+        return  # trained from scratch on the data's own vocabulary
+    if tokenizer["kind"] != "hf" or Path(str(tokenizer["name"])).name != Path(decoder).name:
+        raise ConfigError(
+            f"tokenizer mismatch: the data was tokenised with {tokenizer['kind']} ({tokenizer['name']}) but "
+            f"hvae.decoder={decoder} reads its own token ids; preprocess with --set data.tokenizer.kind=hf "
+            f"--set data.tokenizer.name={decoder}, or train a scratch decoder (hvae.decoder=scratch-gpt2)"
+        )
+
+
+def train_hvae(
+    config: Config,
+    data_dir: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    tc = config.train_hvae
+    data = load_processed(data_dir)
+    check_tokenizer_matches_decoder(data.manifest["tokenizer"], config.hvae.decoder)
+    spec = token_spec(data)
+    out = _prepare_run_dir(Path(out), config, resume, overwrite)
+    train, val = data.answer_arrays("train"), data.answer_arrays("val")
+    if len(train["ids"]) == 0:
+        raise ConfigError(f"{data.root}: the train split has no answerable examples")
+    tokenizer = load_tokenizer(data.tokenizer_dir)
+
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum)
+    set_seed(tc.seed)
+    model = HVAE(config.hvae, spec)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state_dir = out / "trainer_state"
+    step = 0
+    if resume and (state_dir / "state.json").is_file():
+        load_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
+        step = int(load_trainer_state(state_dir, optimizer, scheduler)["step"])
+    wandb_run = _wandb(tc, config, out) if accelerator.is_main_process else None
+
+    def save(step: int) -> None:
+        if accelerator.is_main_process:
+            save_trainer_state(state_dir, optimizer, scheduler, {"step": step, "seed": tc.seed})
+            save_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
+        accelerator.wait_for_everyone()
+
+    def evaluate(step: int, train_stats: dict[str, float]) -> dict[str, Any]:
+        metrics = {"step": step, **train_stats, **diagnostics(accelerator.unwrap_model(model), val, tc, tokenizer)}
+        if accelerator.is_main_process:
+            with (out / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            if wandb_run is not None:
+                wandb_run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+            if on_eval is not None:
+                on_eval(metrics)
+        return metrics
+
+    started, stopped, metrics = time.perf_counter(), "done", {}
+    last_saved = step
+    window: list[dict[str, float]] = []
+    bar = tqdm(total=tc.steps, initial=step, desc="train-hvae", disable=not progress or not accelerator.is_main_process)
+    model.train()
+    while step < tc.steps:
+        beta_g = kl_beta(
+            step, tc.steps, tc.beta_g, tc.kl_cycles, tc.kl_ramp_fraction, tc.beta_decrease_start, tc.beta_final
+        )
+        beta_l = kl_beta(
+            step, tc.steps, tc.beta_l, tc.kl_cycles, tc.kl_ramp_fraction, tc.beta_decrease_start, tc.beta_final
+        )
+        for micro in range(tc.grad_accum):
+            batch = batch_at(train, step * tc.grad_accum + micro, tc.batch_size, tc.seed, accelerator)
+            with accelerator.accumulate(model):
+                try:
+                    output = model(
+                        **batch,
+                        beta_g=beta_g,
+                        beta_l=beta_l,
+                        free_bits=tc.free_bits,
+                        free_bits_per_dim=tc.free_bits_per_dim,
+                        word_dropout_encoder=tc.word_dropout_encoder,
+                        word_dropout_decoder=tc.word_dropout_decoder,
+                        count_loss_weight=tc.count_loss_weight,
+                    )
+                    _check_finite(output.loss, step, last_saved, tc)
+                    accelerator.backward(output.loss / tc.grad_accum)
+                except torch.OutOfMemoryError as e:
+                    raise TrainingError(
+                        f"out of memory at step {step} with train_hvae.batch_size={tc.batch_size}; try "
+                        f"--set train_hvae.batch_size={max(1, tc.batch_size // 2)} "
+                        f"--set train_hvae.grad_accum={tc.grad_accum * 2}"
+                    ) from e
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        _check_finite(grad_norm, step, last_saved, tc, what="gradient norm")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        step += 1
+        bar.update(1)
+        window.append(
+            {
+                "loss": output.loss.item(),
+                "token_nll": output.token_nll.item(),
+                "kl_g": output.kl_g.item(),
+                "kl_l": output.kl_l.item(),
+                "beta_g": beta_g,
+                "beta_l": beta_l,
+                "lr": scheduler.get_last_lr()[0],
+            }
+        )
+        bar.set_postfix(loss=f"{window[-1]['loss']:.2f}", nll=f"{window[-1]['token_nll']:.2f}")
+        out_of_time = tc.max_seconds is not None and time.perf_counter() - started > tc.max_seconds
+        if step % tc.eval_every == 0 or step == tc.steps or out_of_time:
+            train_stats = {f"train_{k}": float(np.mean([w[k] for w in window])) for k in window[0]}
+            metrics = evaluate(step, train_stats)
+            window = []
+        if step % tc.save_every == 0 or step == tc.steps or out_of_time:
+            save(step)
+            last_saved = step
+        if out_of_time:
+            stopped = "time budget"
+            break
+    bar.close()
+
+    if accelerator.is_main_process:
+        hvae = accelerator.unwrap_model(model)
+        hvae.save_pretrained(out / "model")
+        for name in ("tokenizer", "punkt"):
+            if (data.root / name).is_dir():
+                shutil.copytree(data.root / name, out / name, dirs_exist_ok=True)
+        export_latents(hvae, data, out / "latents", tc.batch_size)
+        write_json(
+            out / "manifest.json", _manifest(config, data, step, stopped, metrics, time.perf_counter() - started)
+        )
+    if wandb_run is not None:
+        wandb_run.finish()
+    accelerator.wait_for_everyone()
+    return TrainResult(out=out, step=step, stopped=stopped, metrics=metrics)
+
+
+# --------------------------------------------------------------------------------------- batches
+
+
+def batch_at(
+    arrays: dict[str, Any], index: int, batch_size: int, seed: int, accelerator=None
+) -> dict[str, torch.Tensor]:
+    """The `index`-th batch of the run: a pure function of (seed, index), so a resumed run sees the same data.
+
+    Each epoch is a permutation drawn from a generator seeded with (seed, epoch). With several
+    processes, each takes every world_size-th example of the batch.
+    """
+    n = len(arrays["ids"])
+    per_epoch = math.ceil(n / batch_size)
+    epoch, k = divmod(index, per_epoch)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    rows = torch.randperm(n, generator=gen)[k * batch_size : (k + 1) * batch_size]
+    device = torch.device("cpu")
+    if accelerator is not None:
+        rows = rows[accelerator.process_index :: accelerator.num_processes]
+        device = accelerator.device
+    return {
+        name: torch.from_numpy(np.asarray(arrays[name])[rows.numpy()]).to(device)
+        for name in ("input_ids", "token_mask", "sentence_mask")
+    }
+
+
+def iter_batches(arrays: dict[str, Any], batch_size: int):
+    n = len(arrays["ids"])
+    for start in range(0, n, batch_size):
+        yield {
+            name: torch.from_numpy(np.asarray(arrays[name][start : start + batch_size]))
+            for name in ("input_ids", "token_mask", "sentence_mask")
+        }
+
+
+# --------------------------------------------------------------------------------------- diagnostics
+
+
+@torch.no_grad()
+def diagnostics(model: HVAE, val: dict[str, Any], tc: TrainHVAEConfig, tokenizer) -> dict[str, Any]:
+    """Reconstruction loss/perplexity, KLs, active units, posterior variance, reconstruction accuracy, samples.
+
+    Runs in its own RNG fork with a fixed seed, so evaluating neither depends on nor perturbs training.
+    """
+    if len(val["ids"]) == 0:
+        return {}
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tc.seed)
+        nll = kl_g = kl_l = tokens = answers = 0.0
+        mu_g, mu_l, var_g, var_l = [], [], [], []
+        for batch in iter_batches(val, tc.batch_size):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            o = model(**batch)
+            B = batch["input_ids"].shape[0]
+            nll += o.token_nll.item() * o.n_tokens
+            tokens += o.n_tokens
+            kl_g += o.kl_g.item() * B
+            kl_l += o.kl_l.item() * B
+            answers += B
+            real = batch["sentence_mask"].bool()
+            mu_g.append(o.posterior.mu_g)
+            var_g.append(o.posterior.logvar_g.exp())
+            mu_l.append(o.posterior.mu_l[real])
+            var_l.append(o.posterior.logvar_l[real].exp())
+        mu_g, mu_l = torch.cat(mu_g), torch.cat(mu_l)
+        metrics = {
+            "val_token_nll": nll / tokens,
+            "val_ppl": math.exp(min(nll / tokens, 50)),
+            "val_kl_g": kl_g / answers,
+            "val_kl_l": kl_l / answers,
+            "active_units_g": active_units(mu_g),
+            "active_units_l": active_units(mu_l),
+            "latent_dim": model.cfg.latent_dim,
+            "posterior_var_g": torch.cat(var_g).mean().item(),
+            "posterior_var_l": torch.cat(var_l).mean().item(),
+        }
+        metrics.update(reconstruction_report(model, val, tokenizer, tc.num_samples))
+        z = model.sample_prior(tc.num_samples, generator=torch.Generator(device=device).manual_seed(tc.seed))
+        metrics["prior_samples"] = [_text(tokenizer, a) for a in model.decode(*z)]
+    model.train(was_training)
+    return metrics
+
+
+def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
+    """Dimensions whose posterior mean varies across inputs: Cov_x(E_q[z_d]) > threshold (Burda et al., 2016)."""
+    return int((mu.var(dim=0, unbiased=False) > threshold).sum()) if mu.shape[0] > 1 else 0
+
+
+def reconstruction_report(
+    model: HVAE, arrays: dict[str, Any], tokenizer, num_samples: int, limit: int = 64
+) -> dict[str, Any]:
+    """Greedy decode(posterior mean) of up to `limit` answers: exact-match rate and a few examples as text."""
+    device = next(model.parameters()).device
+    sub = {k: v[:limit] for k, v in arrays.items()}
+    exact, shown = 0, []
+    for batch in iter_batches(sub, 32):
+        decoded = model.reconstruct(*(batch[k].to(device) for k in ("input_ids", "token_mask", "sentence_mask")))
+        for b, sentences in enumerate(decoded):
+            gold = gold_sentences(batch, b)
+            exact += sentences == gold
+            if len(shown) < num_samples:
+                shown.append({"gold": _text(tokenizer, gold), "reconstruction": _text(tokenizer, sentences)})
+    return {"val_reconstruction_exact": exact / max(len(sub["ids"]), 1), "reconstructions": shown}
+
+
+def gold_sentences(batch: dict[str, torch.Tensor], b: int) -> list[list[int]]:
+    """The token ids of answer b's real sentences, without EOS (what decoding should produce)."""
+    out = []
+    for s in range(int(batch["sentence_mask"][b].sum())):
+        n = int(batch["token_mask"][b, s].sum())
+        out.append(batch["input_ids"][b, s, : n - 1].tolist())
+    return out
+
+
+def _text(tokenizer, sentences: list[list[int]]) -> str:
+    return " ".join(tokenizer.decode(ids) for ids in sentences)
+
+
+# --------------------------------------------------------------------------------------- latents
+
+
+@torch.no_grad()
+def export_latents(model: HVAE, data: ProcessedData, directory: Path, batch_size: int) -> dict[str, int]:
+    """Posterior means and log-variances of every split's answers, for the energy transformer."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    device = next(model.parameters()).device
+    counts = {}
+    for split in SPLITS:
+        arrays = data.answer_arrays(split)
+        parts: dict[str, list[torch.Tensor]] = {
+            "mu_g": [],
+            "logvar_g": [],
+            "mu_l": [],
+            "logvar_l": [],
+            "sentence_mask": [],
+        }
+        for batch in iter_batches(arrays, batch_size):
+            post = model.encode(*(batch[k].to(device).long() for k in ("input_ids", "token_mask", "sentence_mask")))
+            for name in ("mu_g", "logvar_g", "mu_l", "logvar_l"):
+                parts[name].append(getattr(post, name).float().cpu())
+            parts["sentence_mask"].append(batch["sentence_mask"].to(torch.int8))
+        tensors = {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
+        tmp = directory / f".{split}.safetensors.tmp"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, directory / f"{split}.safetensors")
+        write_json(directory / f"{split}.json", {"ids": arrays["ids"], "latent_dim": model.cfg.latent_dim})
+        counts[split] = len(arrays["ids"])
+    return counts
+
+
+# --------------------------------------------------------------------------------------- run dir
+
+
+def _prepare_run_dir(out: Path, config: Config, resume: bool, overwrite: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a directory")
+    if resume:
+        if not (out / "config.yaml").is_file():
+            raise CheckpointError(f"{out}: nothing to resume (no config.yaml); drop --resume to start a new run")
+        from qa_ebm.config import load_config
+
+        saved = load_config(out / "config.yaml")
+        changed = _changed_keys(saved, config)
+        if changed:
+            raise ConfigError(
+                f"{out}: --resume with a different config ({', '.join(changed)}); only "
+                f"train_hvae.{{{', '.join(sorted(RESUMABLE_CHANGES))}}} may change"
+            )
+        config.save(out / "config.yaml")
+        return out
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(
+                f"{out}: run directory exists; pass --resume to continue it or --overwrite to replace it"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out / "config.yaml")
+    return out
+
+
+def _changed_keys(saved: Config, new: Config) -> list[str]:
+    a, b = saved.to_dict(), new.to_dict()
+    changed = [f"hvae.{k}" for k in a["hvae"] if a["hvae"][k] != b["hvae"][k]]
+    changed += [
+        f"train_hvae.{k}"
+        for k in a["train_hvae"]
+        if a["train_hvae"][k] != b["train_hvae"][k] and k not in RESUMABLE_CHANGES
+    ]
+    return changed
+
+
+def _check_finite(value: torch.Tensor, step: int, last_saved: int, tc: TrainHVAEConfig, what: str = "loss") -> None:
+    if not torch.isfinite(value).all():
+        raise TrainingError(
+            f"the {what} became {value.item()} at step {step}; stopped without saving, the last good checkpoint "
+            f"is step {last_saved} (--resume continues from it); try a lower train_hvae.lr (now {tc.lr}), "
+            f"train_hvae.grad_clip, or train_hvae.mixed_precision=no"
+        )
+
+
+def _wandb(tc: TrainHVAEConfig, config: Config, out: Path):
+    if tc.report_to != "wandb":
+        return None
+    try:
+        import wandb
+    except ImportError as e:
+        raise ConfigError("train_hvae.report_to=wandb needs the wandb package (pip install wandb)") from e
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    return wandb.init(project="qa-ebm", dir=str(out), config=config.to_dict(), mode=mode, job_type="train-hvae")
+
+
+def _manifest(config: Config, data: ProcessedData, step: int, stopped: str, metrics: dict, seconds: float) -> dict:
+    import platform
+
+    return {
+        "format": "qa-ebm/hvae-run",
+        "format_version": 1,
+        "created_by": f"qa-ebm {__version__}",
+        "data": {"dir": str(data.root), "fingerprint": data.manifest.get("fingerprint")},
+        "config_hash": config.hash(),
+        "step": step,
+        "stopped": stopped,
+        "seconds": round(seconds, 1),
+        "final_metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }

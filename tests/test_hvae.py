@@ -1,0 +1,178 @@
+"""The hierarchical VAE: shapes and masks, the KL maths, the prior chain, both decoders, persistence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from qa_ebm.config import HVAEConfig
+from qa_ebm.errors import CheckpointError, ConfigError
+from qa_ebm.models.decoders import DecodeSettings
+from qa_ebm.models.hvae import HVAE, TokenSpec, gaussian_kl
+
+SPEC = TokenSpec(vocab_size=40, pad_id=0, eos_id=3, mask_id=4, max_sentences=4, max_words=7)
+
+
+def tiny(decoder: str = "scratch-gpt2", **kw) -> HVAE:
+    torch.manual_seed(0)
+    cfg = HVAEConfig(
+        d_model=32,
+        n_heads=2,
+        word_layers=1,
+        sentence_layers=1,
+        latent_dim=6,
+        decoder=decoder,
+        decoder_layers=1,
+        prefix_len=2,
+        dropout=0.0,
+        **kw,
+    )
+    return HVAE(cfg, SPEC)
+
+
+def batch(B: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Answers with 1..4 sentences of 2..6 tokens, each closed by EOS, padded with PAD."""
+    g = torch.Generator().manual_seed(seed)
+    S, W = SPEC.max_sentences, SPEC.max_words
+    ids = torch.zeros(B, S, W, dtype=torch.long)
+    tmask = torch.zeros(B, S, W, dtype=torch.long)
+    smask = torch.zeros(B, S, dtype=torch.long)
+    for b in range(B):
+        n = 1 + b % S
+        smask[b, :n] = 1
+        for s in range(n):
+            length = 2 + (b + s) % (W - 2)
+            ids[b, s, : length - 1] = torch.randint(5, SPEC.vocab_size, (length - 1,), generator=g)
+            ids[b, s, length - 1] = SPEC.eos_id
+            tmask[b, s, :length] = 1
+    return {"input_ids": ids, "token_mask": tmask, "sentence_mask": smask}
+
+
+def test_posterior_shapes_and_padding_independence():
+    model = tiny().eval()
+    x = batch()
+    post = model.encode(**x)
+    assert post.mu_g.shape == post.logvar_g.shape == (5, 6)
+    assert post.mu_l.shape == post.logvar_l.shape == (5, 4, 6)
+    # what sits in padded slots must not change the encoding of real ones
+    noisy = {k: v.clone() for k, v in x.items()}
+    pad = noisy["token_mask"] == 0
+    noisy["input_ids"][pad] = torch.randint(5, 40, (int(pad.sum()),))
+    again = model.encode(**noisy)
+    torch.testing.assert_close(again.mu_g, post.mu_g)
+    real = x["sentence_mask"].bool()
+    torch.testing.assert_close(again.mu_l[real], post.mu_l[real])
+
+
+def test_gaussian_kl_matches_torch_distributions():
+    g = torch.Generator().manual_seed(1)
+    mu_q, lv_q, mu_p, lv_p = (torch.randn(3, 5, generator=g) for _ in range(4))
+    q = Normal(mu_q, (0.5 * lv_q).exp())
+    torch.testing.assert_close(gaussian_kl(mu_q, lv_q), kl_divergence(q, Normal(0.0, 1.0)))
+    torch.testing.assert_close(gaussian_kl(mu_q, lv_q, mu_p, lv_p), kl_divergence(q, Normal(mu_p, (0.5 * lv_p).exp())))
+
+
+def test_kl_terms_in_the_loss_are_masked_to_real_sentences():
+    model = tiny()
+    x = batch()
+    torch.manual_seed(0)
+    out = model(**x, beta_g=0.0, beta_l=0.0)
+    torch.manual_seed(0)
+    full = model(**x, beta_g=1.0, beta_l=1.0, count_loss_weight=0.0)
+    expected = out.rec_loss + out.kl_g + out.kl_l
+    torch.testing.assert_close(full.loss, expected)
+    # a padded slot's posterior does not enter KL_l: same value whatever the padding holds
+    assert out.kl_l.item() > 0 and out.kl_g.item() > 0
+
+
+def test_prior_chain_conditions_on_the_previous_latent():
+    model = tiny()
+    z_g = torch.randn(2, 6)
+    z_l = torch.randn(2, 4, 6)
+    mu, _ = model.prior_params(z_g, z_l)
+    changed = z_l.clone()
+    changed[:, 1] += 5.0  # only slot 2's prior reads z_1
+    mu2, _ = model.prior_params(z_g, changed)
+    torch.testing.assert_close(mu[:, :2], mu2[:, :2])
+    torch.testing.assert_close(mu[:, 3], mu2[:, 3])
+    assert not torch.allclose(mu[:, 2], mu2[:, 2])
+    z_g_s, z_l_s, n = model.sample_prior(3, generator=torch.Generator().manual_seed(0))
+    assert z_g_s.shape == (3, 6) and z_l_s.shape == (3, 4, 6) and ((n >= 1) & (n <= 4)).all()
+
+
+@pytest.mark.parametrize("decoder", ["scratch-gpt2", "scratch-bart"])
+def test_both_decoders_learn_a_tiny_batch(decoder):
+    model = tiny(decoder)
+    x = batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        out = model(**x, beta_g=0.1, beta_l=0.1)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.token_nll.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("decoder", ["scratch-gpt2", "scratch-bart"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        DecodeSettings(max_new_tokens=7),
+        DecodeSettings(max_new_tokens=7, num_beams=3),
+        DecodeSettings(max_new_tokens=7, do_sample=True, top_p=0.9),
+    ],
+)
+def test_decoding_strategies_give_one_token_list_per_real_sentence(decoder, settings):
+    model = tiny(decoder).eval()
+    x = batch()
+    out = model.reconstruct(**x, settings=settings)
+    assert [len(a) for a in out] == x["sentence_mask"].sum(1).tolist()
+    assert all(len(s) <= 7 and SPEC.eos_id not in s and SPEC.pad_id not in s for a in out for s in a)
+
+
+def test_word_dropout_only_in_training_and_never_on_eos():
+    model = tiny()
+    x = batch()
+    ids = x["input_ids"][x["sentence_mask"].bool()]
+    mask = x["token_mask"][x["sentence_mask"].bool()]
+    dropped = model._word_dropout(ids, mask, 0.99)
+    assert (dropped == SPEC.mask_id).sum() > 0
+    assert ((ids == SPEC.eos_id) == (dropped == SPEC.eos_id)).all()
+    assert (dropped[mask == 0] == ids[mask == 0]).all()
+    model.eval()
+    assert torch.equal(model._word_dropout(ids, mask, 0.99), ids)
+
+
+@pytest.mark.parametrize("decoder", ["scratch-gpt2", "scratch-bart"])
+def test_save_load_round_trip_is_bit_exact(tmp_path, decoder):
+    model = tiny(decoder).eval()
+    model.save_pretrained(tmp_path / "m")
+    loaded = HVAE.from_pretrained(tmp_path / "m").eval()
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    x = batch()
+    torch.testing.assert_close(loaded.encode(**x).mu_l, model.encode(**x).mu_l, rtol=0, atol=0)
+
+
+def test_from_pretrained_refuses_what_is_not_a_model(tmp_path):
+    with pytest.raises(CheckpointError, match="not an HVAE directory"):
+        HVAE.from_pretrained(tmp_path)
+    model = tiny()
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\x80\x04not safetensors")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        HVAE.from_pretrained(tmp_path / "m")
+
+
+def test_decoder_vocabulary_must_cover_the_tokenizer(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    small = tmp_path / "small-lm"
+    GPT2LMHeadModel(GPT2Config(vocab_size=20, n_positions=16, n_embd=16, n_layer=1, n_head=2)).save_pretrained(small)
+    model = tiny(decoder=str(small))  # 20 < 40 ids: resized, since the data's tokenizer added tokens
+    assert model.decoder.lm.get_input_embeddings().num_embeddings == 40
+    with pytest.raises(ConfigError, match="cannot load decoder"):
+        tiny(decoder=str(tmp_path / "missing-lm-dir"))

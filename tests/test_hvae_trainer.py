@@ -1,0 +1,193 @@
+"""`train-hvae` end to end on the sample data: artifacts, resume, faults, bad input, wandb."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qa_ebm.cli.main import main
+from qa_ebm.config import load_config
+from qa_ebm.data.preprocess import preprocess
+from qa_ebm.errors import CheckpointError, ConfigError, OutputExistsError
+from qa_ebm.models.hvae import HVAE
+from qa_ebm.training import hvae_trainer
+from qa_ebm.training.hvae_trainer import TrainingError, train_hvae
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "data.tokenizer.vocab_size=400",
+    "data.max_sentences=6",
+    "data.max_words=16",
+    "data.physics.min_sentences=1",
+    "hvae.d_model=32",
+    "hvae.n_heads=2",
+    "hvae.word_layers=1",
+    "hvae.sentence_layers=1",
+    "hvae.latent_dim=8",
+    "hvae.decoder_layers=1",
+    "hvae.prefix_len=2",
+    "train_hvae.steps=6",
+    "train_hvae.batch_size=8",
+    "train_hvae.eval_every=3",
+    "train_hvae.save_every=3",
+    "train_hvae.warmup_steps=1",
+    "train_hvae.num_samples=1",
+]
+
+
+def config(*overrides: str):
+    return load_config(ROOT / "configs" / "tiny.yaml", [*SMALL, *overrides])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "data"
+    preprocess(
+        config(),
+        out,
+        squad=str(ROOT / "data" / "squad_sample.json"),
+        physics=str(ROOT / "data" / "physics_sample.jsonl"),
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "hvae"
+    return train_hvae(config(), data_dir, out, progress=False)
+
+
+def test_run_dir_holds_model_metrics_and_latents_for_every_split(run, data_dir):
+    out = run.out
+    assert run.step == 6 and run.stopped == "done"
+    for name in ("config.yaml", "manifest.json", "metrics.jsonl", "model", "tokenizer", "punkt", "trainer_state"):
+        assert (out / name).exists(), name
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [3, 6]
+    for key in (
+        "val_token_nll",
+        "val_ppl",
+        "val_kl_g",
+        "val_kl_l",
+        "active_units_g",
+        "active_units_l",
+        "posterior_var_g",
+        "posterior_var_l",
+        "val_reconstruction_exact",
+        "reconstructions",
+        "prior_samples",
+    ):
+        assert key in lines[-1], key
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    for split in ("train", "val", "test"):
+        tensors = load_file(str(out / "latents" / f"{split}.safetensors"))
+        ids = json.loads((out / "latents" / f"{split}.json").read_text())["ids"]
+        n = manifest["counts"][split] - manifest["unanswerable"][split]
+        assert tensors["mu_g"].shape == tensors["logvar_g"].shape == (n, 8) and len(ids) == n
+        assert tensors["mu_l"].shape == (n, 6, 8) and tensors["sentence_mask"].shape == (n, 6)
+    # the exported latents are the saved model's posterior means
+    model = HVAE.from_pretrained(out / "model").eval()
+    from qa_ebm.data.processed import load_processed
+
+    val = load_processed(data_dir).answer_arrays("val")
+    post = model.encode(*(torch.from_numpy(val[k][:4]).long() for k in ("input_ids", "token_mask", "sentence_mask")))
+    torch.testing.assert_close(post.mu_g, load_file(str(out / "latents" / "val.safetensors"))["mu_g"][:4])
+
+
+def test_resume_equals_uninterrupted(run, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    forward = HVAE.forward
+    calls = {"n": 0}
+
+    def interrupted(self, *args, **kwargs):  # Ctrl-C in step 5, after the step-3 checkpoint
+        calls["n"] += self.training
+        if self.training and calls["n"] == 5:
+            raise KeyboardInterrupt
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(HVAE, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_hvae(config(), data_dir, out, progress=False)
+    monkeypatch.setattr(HVAE, "forward", forward)
+    assert json.loads((out / "trainer_state" / "state.json").read_text())["step"] == 3
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train_hvae(config(), data_dir, out, progress=False)
+    resumed = train_hvae(config(), data_dir, out, resume=True, progress=False)
+    assert resumed.step == 6
+    a = load_file(str(run.out / "model" / "model.safetensors"))
+    b = load_file(str(out / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    last = lambda p: json.loads((p / "metrics.jsonl").read_text().splitlines()[-1])  # noqa: E731
+    assert last(out)["train_loss"] == last(run.out)["train_loss"]
+
+
+def test_resume_refuses_a_changed_model(run, data_dir):
+    with pytest.raises(ConfigError, match=r"hvae\.latent_dim"):
+        train_hvae(config("hvae.latent_dim=4"), data_dir, run.out, resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    forward = HVAE.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        calls["n"] += self.training
+        if self.training and calls["n"] == 5:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(HVAE, "forward", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(
+        TrainingError, match=r"loss became nan at step \d.*last good checkpoint is step 3.*train_hvae\.lr"
+    ):
+        train_hvae(config(), data_dir, out, progress=False)
+    assert json.loads((out / "trainer_state" / "state.json").read_text())["step"] == 3
+
+
+def test_bad_inputs(data_dir, tmp_path, capsys):
+    with pytest.raises(CheckpointError, match="not a qa-ebm preprocess output"):
+        train_hvae(config(), tmp_path, tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match=r"tokenizer mismatch.*data\.tokenizer\.name=gpt2"):
+        train_hvae(config("hvae.decoder=gpt2"), data_dir, tmp_path / "x", progress=False)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train_hvae(config(), data_dir, tmp_path / "fresh", resume=True, progress=False)
+    assert main(["train-hvae", "--data", str(tmp_path), "--out", str(tmp_path / "y")]) == 2
+    assert "not a qa-ebm preprocess output" in capsys.readouterr().err
+
+
+def test_out_of_memory_names_a_batch_size(data_dir, tmp_path, monkeypatch):
+    def oom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(HVAE, "forward", oom)
+    with pytest.raises(TrainingError, match=r"batch_size=4"):
+        train_hvae(config(), data_dir, tmp_path / "oom", progress=False)
+
+
+def test_wandb_offline_run_gets_the_diagnostics(data_dir, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "wb"
+    train_hvae(config("train_hvae.report_to=wandb", "train_hvae.steps=3"), data_dir, out, progress=False)
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    events = list(runs[0].glob("*.wandb"))
+    assert len(events) == 1, "no wandb event file written"
+    logged = events[0].read_bytes()  # offline runs keep only the binary event log until `wandb sync`
+    assert b"val_kl_g" in logged and b"active_units_l" in logged and b"val_reconstruction_exact" in logged
+
+
+def test_batches_are_a_function_of_seed_and_step(data_dir):
+    from qa_ebm.data.processed import load_processed
+
+    train = load_processed(data_dir).answer_arrays("train")
+    a, b = hvae_trainer.batch_at(train, 7, 8, 0), hvae_trainer.batch_at(train, 7, 8, 0)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["input_ids"], hvae_trainer.batch_at(train, 7, 8, 1)["input_ids"])
