@@ -95,6 +95,9 @@ class DataConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     splits: SplitConfig = field(default_factory=SplitConfig)
+    # Unpaired text for the HVAE from the train split's SQuAD contexts (split `train_context`):
+    context_sentences: bool = False  # every context sentence as a one-sentence text
+    context_spans: int = 0  # random 1-12 word spans per context paragraph (answers are mostly short spans)
     num_proc: int = 1
     batch_size: int = 1000
     streaming: bool = False  # Hub sources: iterate without downloading the whole set first

@@ -198,3 +198,27 @@ def test_hf_tokenizer_from_a_local_dir(tmp_path):
     assert special["eos_id"] == 0 and len({special["pad_id"], special["eos_id"], special["mask_id"]}) == 3
     tok = load_tokenizer(tmp_path / "hf" / "tokenizer")
     assert tok.special.pad_id == special["pad_id"] and tok.decode(tok.encode_batch(["The Danube"])[0]) == "The Danube"
+
+
+def test_context_text_comes_from_train_articles_only(sample):
+    result, dsd = sample
+    ctx = dsd["train_context"].select_columns(["title", "answer", "sentences", "num_sentences", "is_impossible"])[:]
+    assert result.manifest["context_text"] == len(ctx["answer"]) > 0
+    titles = set(ctx["title"])
+    assert titles <= set(column_of(dsd["train"], "title"))
+    assert not titles & set(column_of(dsd["val"], "title")) and not titles & set(column_of(dsd["test"], "title"))
+    contexts = set(column_of(dsd["train"], "context"))
+    assert all(any(text in c for c in contexts) for text in ctx["answer"])  # verbatim spans of train passages
+    assert set(ctx["num_sentences"]) == {1} and not any(ctx["is_impossible"])
+    # 10 spans per unique train passage plus every sentence of those passages (tiny config)
+    assert len(ctx["answer"]) > 10 * len({c for c in contexts if c})
+
+
+def test_context_text_off_writes_no_extra_split(tmp_path):
+    result = run(tmp_path, "plain", "data.context_sentences=false", "data.context_spans=0")
+    assert result.manifest["context_text"] == 0
+    assert "train_context" not in datasets.load_from_disk(str(result.out / "dataset"))
+
+
+def column_of(ds, name):
+    return ds.select_columns([name])[:][name]

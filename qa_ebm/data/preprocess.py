@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 FORMAT = "qa-ebm/dataset"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
+CONTEXT_SPLIT = "train_context"  # unpaired text from train-split SQuAD contexts, for the HVAE only
 FILTERS = ("empty", "min_sentences", "max_sentences", "max_sentence_tokens")
 
 
@@ -151,6 +152,15 @@ def preprocess(
                 new_fingerprint=_fp(f"encode-{name}", config),
                 **{**map_kw, "num_proc": _num_proc(cfg.num_proc, len(part), cfg.batch_size)},
             )
+        extra = context_text(ds, rows[split_of == "train"], splitter, cfg.context_sentences, cfg.context_spans, cfg)
+        if extra is not None:
+            dsd[CONTEXT_SPLIT] = extra.map(
+                encode,
+                features=features,
+                desc=f"tokenise {CONTEXT_SPLIT}",
+                new_fingerprint=_fp(f"encode-{CONTEXT_SPLIT}", config),
+                **map_kw,
+            )
 
         clock.lap("encode")
         # 8. Write.
@@ -245,6 +255,59 @@ class _Encode:
             "num_truncated": truncated,
             "longest_sentence": longest,
         }
+
+
+def context_text(ds, train_rows: np.ndarray, splitter: SentenceSplitter, sentences: bool, spans: int, cfg):
+    """Unpaired text from the train split's SQuAD contexts, as extra answers for the HVAE.
+
+    A few thousand short answers teach a decoder little English; the passages they come from hold
+    many times more text of the same kind (DESIGN, "Measured already", lesson 1). Each unique train
+    context gives its sentences (if `sentences`) and `spans` random word spans of 1-12 words (answers
+    are mostly short spans), drawn with a generator seeded by the split seed and the context's index,
+    so the output is deterministic. Val and test contexts are never used.
+    """
+    import datasets
+
+    if not sentences and spans <= 0:
+        return None
+    contexts = column(ds, "context")
+    titles = column(ds, "title")
+    seen: dict[str, str] = {}
+    for i in train_rows:
+        if contexts[i] and contexts[i] not in seen:
+            seen[contexts[i]] = titles[i]
+    if not seen:
+        return None
+    texts: list[tuple[str, str]] = []
+    for k, (context, title) in enumerate(seen.items()):
+        parts = splitter.split(context)
+        if sentences:
+            texts += [(title, sentence) for sentence in parts]
+        rng = np.random.default_rng([cfg.splits.seed, k])
+        for _ in range(spans):
+            words = parts[int(rng.integers(len(parts)))].split()
+            n = int(rng.integers(1, min(12, len(words)) + 1))
+            start = int(rng.integers(len(words) - n + 1))
+            texts.append((title, " ".join(words[start : start + n])))
+    records = [
+        {
+            "id": f"context-{i}",
+            "source": "squad-context",
+            "group": f"squad:{title}",
+            "title": title,
+            "question": "",
+            "context": "",
+            "answer": text,
+            "references": [],
+            "answer_start": -1,
+            "is_impossible": False,
+            "markup": "text",
+            "sentences": [text],
+            "num_sentences": 1,
+        }
+        for i, (title, text) in enumerate(texts)
+    ]
+    return datasets.Dataset.from_list(records, features=ds.features)
 
 
 class _LongestSentence:
@@ -434,6 +497,7 @@ def _manifest(config: Config, reports: list[SourceReport], dsd, drops, tok, spli
         "created_by": f"qa-ebm {__version__}",
         "sources": [asdict(r) for r in reports],
         "counts": counts,
+        "context_text": len(dsd[CONTEXT_SPLIT]) if CONTEXT_SPLIT in dsd else 0,
         "counts_by_source": by_source,
         "unanswerable": unanswerable,
         "filter_drops": drops,

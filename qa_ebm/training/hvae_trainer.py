@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from qa_ebm import __version__
 from qa_ebm.config import Config, TrainHVAEConfig
+from qa_ebm.data.preprocess import CONTEXT_SPLIT
 from qa_ebm.data.processed import ProcessedData, load_processed
 from qa_ebm.data.tokenizer import load_tokenizer
 from qa_ebm.errors import CheckpointError, ConfigError, OutputExistsError, QaEbmError
@@ -103,6 +104,9 @@ def train_hvae(
     spec = token_spec(data)
     out = _prepare_run_dir(Path(out), config, resume, overwrite)
     train, val = data.answer_arrays("train"), data.answer_arrays("val")
+    if CONTEXT_SPLIT in data.dataset:  # unpaired context text, for the HVAE only (see preprocess)
+        extra = data.answer_arrays(CONTEXT_SPLIT)
+        train = {k: (train[k] + extra[k]) if k == "ids" else np.concatenate([train[k], extra[k]]) for k in train}
     if len(train["ids"]) == 0:
         raise ConfigError(f"{data.root}: the train split has no answerable examples")
     tokenizer = load_tokenizer(data.tokenizer_dir)
