@@ -78,7 +78,7 @@ def calibrate(config, data_dir: Path, tmp: Path) -> float:
 def reconstruction_scores(model, arrays: dict, answers: list[str], tokenizer, limit: int) -> dict:
     from rouge_score import rouge_scorer
 
-    from qa_ebm.training.hvae_trainer import iter_batches
+    from qa_ebm.training.hvae_trainer import BATCH_KEYS, decode_text, iter_batches
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     n = min(limit, len(arrays["ids"]))
@@ -86,8 +86,8 @@ def reconstruction_scores(model, arrays: dict, answers: list[str], tokenizer, li
     rouge, exact, shown = [], [], []
     i = 0
     for batch in iter_batches(sub, 64):
-        for sentences in model.reconstruct(batch["input_ids"], batch["token_mask"], batch["sentence_mask"]):
-            text = " ".join(tokenizer.decode(s) for s in sentences)
+        for sentences in model.reconstruct(*(batch[k] for k in BATCH_KEYS)):
+            text = decode_text(tokenizer, sentences)
             gold = answers[i]
             rouge.append(scorer.score(gold, text)["rougeL"].fmeasure)
             exact.append(" ".join(text.lower().split()) == " ".join(gold.lower().split()))
@@ -142,11 +142,9 @@ def run_workload(name: str, budget: float, overrides: list[str], tmp: Path, limi
     }
     for split in ("val", "test"):
         arrays = data.answer_arrays(split)
-        ds = data.dataset[split]
-        keep = {i for i in arrays["ids"]}
-        rows = ds.select_columns(["id", "answer"])[:]
+        rows = data.dataset[split].select_columns(["id", "answer"])[:]
         answer_of = dict(zip(rows["id"], rows["answer"], strict=True))
-        answers = [" ".join(answer_of[i].split()) for i in arrays["ids"] if i in keep]
+        answers = [" ".join(answer_of[i].split()) for i in arrays["ids"]]
         with torch.no_grad():
             diag = diagnostics(model, arrays, config.train_hvae, tokenizer)
         row[split] = {

@@ -94,11 +94,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale(out: Path) -> None:
-    """Remove temp/old dirs that a killed run left beside `out` (their pid is gone)."""
+    """Clear what a killed run (its pid gone) left beside `out`.
+
+    Its temp dir is half-written and goes. Its `.old` dir is the previous good output: if the run died
+    between moving it aside and renaming the new one in, `out` is missing and the old one is put back.
+    """
     for kind in ("tmp", "old"):
         for stale in out.parent.glob(f".{out.name}.{kind}-*"):
             pid = stale.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                os.replace(stale, out)
+            else:
                 shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -109,9 +117,9 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterat
     If the body raises (or the process dies), `out` keeps whatever good content it had and the temp
     dir is removed (or, after a hard kill, left under a dot-name that the next run clears).
     """
+    _remove_stale(Path(out))  # first: a restored output is then protected like any other
     out = check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -17,6 +17,7 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, MultiStepLR, SequentialLR
 
 from qa_ebm.errors import CheckpointError
+from qa_ebm.models import weights
 from qa_ebm.training import checkpoint
 from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
 
@@ -189,7 +190,7 @@ def test_failed_module_save_keeps_the_previous_file(tmp_path, monkeypatch):
         Path(filename).write_bytes(b"garbage")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint, "save_model", half_written)
+    monkeypatch.setattr(weights, "save_model", half_written)
     with pytest.raises(OSError, match="disk full"):
         save_module(_mlp(1), path)
     assert path.read_bytes() == before

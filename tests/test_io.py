@@ -149,3 +149,15 @@ def test_atomic_output_dir_clears_temp_dir_of_a_killed_run(tmp_path):
     with atomic_output_dir(out) as tmp:
         (tmp / "a.txt").write_text("a")
     assert _leftovers(tmp_path, "out") == []
+
+
+def test_atomic_output_dir_restores_the_old_output_of_a_run_killed_mid_swap(tmp_path):
+    # killed between moving the good output aside and renaming the new one in: only `.out.old-PID` is left
+    out = tmp_path / "out"
+    old = tmp_path / ".out.old-999999999"
+    old.mkdir()
+    (old / "manifest.json").write_text("good")
+    with pytest.raises(OutputExistsError):
+        with atomic_output_dir(out):
+            pass
+    assert (out / "manifest.json").read_text() == "good" and not old.exists()

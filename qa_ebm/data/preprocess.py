@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from qa_ebm import __version__
-from qa_ebm.config import CleanConfig, Config
+from qa_ebm.config import CleanConfig, Config, DataConfig
 from qa_ebm.data.clean import clean_to_blocks, join_blocks
 from qa_ebm.data.physics import load_physics
 from qa_ebm.data.schema import RawExample, SourceReport
@@ -45,6 +45,7 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 CONTEXT_SPLIT = "train_context"  # unpaired text from train-split SQuAD contexts, for the HVAE only
 FILTERS = ("empty", "min_sentences", "max_sentences", "max_sentence_tokens")
+META_COLUMNS = ("source", "group", "num_sentences", "is_impossible")  # what filters and splits read
 
 
 @dataclass
@@ -103,9 +104,10 @@ def preprocess(
     # 4. Sentence-count filters (unanswerable questions carry no target and are never filtered).
     # Kept rows are tracked as a mask over the full table and gathered once per split in step 7:
     # `Dataset.select` would leave an indices mapping that later maps read back row by row.
+    meta = {k: np.asarray(v) for k, v in ds.select_columns(list(META_COLUMNS))[:].items()}
     drops = {r.name: dict.fromkeys(FILTERS, 0) for r in reports}
-    keep = _sentence_filters(ds, cfg, drops)
-    _check_not_all_dropped(keep, drops, cfg, np.asarray(column(ds, "num_sentences")))
+    keep = _sentence_filters(meta, cfg, drops)
+    _check_not_all_dropped(keep, drops, cfg, meta["num_sentences"])
 
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         clock.lap("filter")
@@ -125,13 +127,13 @@ def preprocess(
                 _LongestSentence(encode), remove_columns=ds.column_names, desc="measure sentences", **map_kw
             )
             longest = np.asarray(column(measured, "longest_sentence"))
-            keep &= _token_filter(ds, keep, longest, cfg.max_sentence_tokens, drops)
+            keep &= _token_filter(meta, keep, longest, cfg.max_sentence_tokens, drops)
             _check_not_all_dropped(keep, drops, cfg, longest=longest)
 
         clock.lap("token_filter")
         # 7. Grouped splits, each gathered in one Arrow `take` and encoded into fresh tables.
         rows = np.flatnonzero(keep)
-        groups, sources = np.asarray(column(ds, "group"))[rows], np.asarray(column(ds, "source"))[rows]
+        groups, sources = meta["group"][rows], meta["source"][rows]
         split_of = np.array(
             assign_splits_by_source(groups.tolist(), sources.tolist(), cfg.splits.val, cfg.splits.test, cfg.splits.seed)
         )
@@ -142,25 +144,22 @@ def preprocess(
             )
         features = ds.features.copy()
         features.update(_id_features(cfg.max_sentences, cfg.max_words))
-        dsd = datasets.DatasetDict()
-        for name in SPLITS:
-            part = take_rows(ds, rows[split_of == name])
-            dsd[name] = part.map(
-                encode,
-                features=features,
-                desc=f"tokenise {name}",
-                new_fingerprint=_fp(f"encode-{name}", config),
-                **{**map_kw, "num_proc": _num_proc(cfg.num_proc, len(part), cfg.batch_size)},
-            )
-        extra = context_text(ds, rows[split_of == "train"], splitter, cfg.context_sentences, cfg.context_spans, cfg)
+        parts = {name: take_rows(ds, rows[split_of == name]) for name in SPLITS}
+        extra = context_text(ds, rows[split_of == "train"], splitter, cfg)
         if extra is not None:
-            dsd[CONTEXT_SPLIT] = extra.map(
-                encode,
-                features=features,
-                desc=f"tokenise {CONTEXT_SPLIT}",
-                new_fingerprint=_fp(f"encode-{CONTEXT_SPLIT}", config),
-                **map_kw,
-            )
+            parts[CONTEXT_SPLIT] = extra
+        dsd = datasets.DatasetDict(
+            {
+                name: part.map(
+                    encode,
+                    features=features,
+                    desc=f"tokenise {name}",
+                    new_fingerprint=_fp(f"encode-{name}", config),
+                    **{**map_kw, "num_proc": _num_proc(cfg.num_proc, len(part), cfg.batch_size)},
+                )
+                for name, part in parts.items()
+            }
+        )
 
         clock.lap("encode")
         # 8. Write.
@@ -222,10 +221,14 @@ class _Encode:
         self.S, self.W, self.Q = max_sentences, max_words, max_question_tokens
         self._tok = None  # loaded lazily: in each map worker, from the saved files
 
-    def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
+    @property
+    def tokenizer(self):
         if self._tok is None:
             self._tok = load_tokenizer(self.tokenizer_dir)
-        tok, S, W = self._tok, self.S, self.W
+        return self._tok
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
+        tok, S, W = self.tokenizer, self.S, self.W
         pad, eos = tok.special.pad_id, tok.special.eos_id
         flat = [s for sents in batch["sentences"] for s in sents]
         flat_ids = iter(tok.encode_batch(flat))
@@ -239,8 +242,6 @@ class _Encode:
             for s in range(len(sents)):
                 ids = next(flat_ids)
                 longest[b] = max(longest[b], len(ids))
-                if s >= S:  # only in the measuring pass, which sees rows the sentence filter drops
-                    continue
                 truncated[b] += len(ids) > W - 1
                 ids = [*ids[: W - 1], eos]
                 input_ids[b, s, : len(ids)] = ids
@@ -257,18 +258,18 @@ class _Encode:
         }
 
 
-def context_text(ds, train_rows: np.ndarray, splitter: SentenceSplitter, sentences: bool, spans: int, cfg):
+def context_text(ds, train_rows: np.ndarray, splitter: SentenceSplitter, cfg: DataConfig):
     """Unpaired text from the train split's SQuAD contexts, as extra answers for the HVAE.
 
     A few thousand short answers teach a decoder little English; the passages they come from hold
     many times more text of the same kind (DESIGN, "Measured already", lesson 1). Each unique train
-    context gives its sentences (if `sentences`) and `spans` random word spans of 1-12 words (answers
-    are mostly short spans), drawn with a generator seeded by the split seed and the context's index,
-    so the output is deterministic. Val and test contexts are never used.
+    context gives its sentences (if `cfg.context_sentences`) and `cfg.context_spans` random word spans
+    of 1-12 words (answers are mostly short spans), drawn with a generator seeded by the split seed and
+    the context's index, so the output is deterministic. Val and test contexts are never used.
     """
     import datasets
 
-    if not sentences and spans <= 0:
+    if not cfg.context_sentences and cfg.context_spans <= 0:
         return None
     contexts = column(ds, "context")
     titles = column(ds, "title")
@@ -281,10 +282,10 @@ def context_text(ds, train_rows: np.ndarray, splitter: SentenceSplitter, sentenc
     texts: list[tuple[str, str]] = []
     for k, (context, title) in enumerate(seen.items()):
         parts = splitter.split(context)
-        if sentences:
+        if cfg.context_sentences:
             texts += [(title, sentence) for sentence in parts]
         rng = np.random.default_rng([cfg.splits.seed, k])
-        for _ in range(spans):
+        for _ in range(cfg.context_spans):
             words = parts[int(rng.integers(len(parts)))].split()
             n = int(rng.integers(1, min(12, len(words)) + 1))
             start = int(rng.integers(len(words) - n + 1))
@@ -311,13 +312,17 @@ def context_text(ds, train_rows: np.ndarray, splitter: SentenceSplitter, sentenc
 
 
 class _LongestSentence:
-    """Token count of each answer's longest sentence, for the `max_sentence_tokens` filter."""
+    """Token count of each answer's longest sentence, for the `max_sentence_tokens` filter.
+
+    It runs before the sentence filters are applied (on every row), so it only measures: no ids.
+    """
 
     def __init__(self, encode: _Encode):
         self.encode = encode
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        return {"longest_sentence": self.encode(batch)["longest_sentence"].tolist()}
+        lengths = iter(map(len, self.encode.tokenizer.encode_batch([s for sents in batch["sentences"] for s in sents])))
+        return {"longest_sentence": [max((next(lengths) for _ in sents), default=0) for sents in batch["sentences"]]}
 
 
 def _id_features(S: int, W: int) -> dict:
@@ -334,6 +339,8 @@ def _id_features(S: int, W: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------- steps
+
+
 def column(ds, name: str) -> list:
     """A whole column as a Python list in one Arrow call.
 
@@ -392,11 +399,9 @@ def _min_sentences(cfg, source: str) -> int:
     return cfg.min_sentences
 
 
-def _sentence_filters(ds, cfg, drops: dict[str, dict[str, int]]) -> np.ndarray:
-    n = np.asarray(column(ds, "num_sentences"))
-    impossible = np.asarray(column(ds, "is_impossible"), dtype=bool)
-    sources = np.asarray(column(ds, "source"))
-    keep = np.ones(len(ds), dtype=bool)
+def _sentence_filters(meta: dict[str, np.ndarray], cfg, drops: dict[str, dict[str, int]]) -> np.ndarray:
+    n, impossible, sources = meta["num_sentences"], meta["is_impossible"].astype(bool), meta["source"]
+    keep = np.ones(len(n), dtype=bool)
     for source in drops:
         mine = (sources == source) & ~impossible
         rules = [
@@ -412,11 +417,14 @@ def _sentence_filters(ds, cfg, drops: dict[str, dict[str, int]]) -> np.ndarray:
 
 
 def _token_filter(
-    ds, keep: np.ndarray, longest: np.ndarray, max_tokens: int, drops: dict[str, dict[str, int]]
+    meta: dict[str, np.ndarray],
+    keep: np.ndarray,
+    longest: np.ndarray,
+    max_tokens: int,
+    drops: dict[str, dict[str, int]],
 ) -> np.ndarray:
-    impossible = np.asarray(column(ds, "is_impossible"), dtype=bool)
-    hit = keep & ~impossible & (longest > max_tokens)
-    for source, count in Counter(np.asarray(column(ds, "source"))[hit]).items():
+    hit = keep & ~meta["is_impossible"].astype(bool) & (longest > max_tokens)
+    for source, count in Counter(meta["source"][hit]).items():
         drops[str(source)]["max_sentence_tokens"] += int(count)
     return ~hit
 

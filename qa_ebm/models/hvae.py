@@ -32,13 +32,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from torch import nn
 
 from qa_ebm.config import HVAEConfig, config_from_dict
 from qa_ebm.errors import CheckpointError, ConfigError
 from qa_ebm.models.decoders import DecodeSettings, LatentDecoder, MemoryLMDecoder, PrefixLMDecoder
 from qa_ebm.models.losses import free_bits_kl
+from qa_ebm.models.weights import load_module, save_module
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -286,7 +286,7 @@ class HVAE(nn.Module):
         kl_l_loss = free_bits_kl(kl_l.flatten(0, 1), free_bits, free_bits_per_dim, real.flatten().float())
         kl_l_loss = kl_l_loss * n_sent / B  # per sentence -> sum over an answer's sentences
 
-        plan = self.plan(torch.cat([z_g.unsqueeze(1).expand_as(z_l), z_l], dim=-1))[real]  # (N, D)
+        plan = self.plans(z_g, z_l, real)  # (N, D)
         tokens, tmask = input_ids[real], token_mask[real]  # (N, W)
         logits = self.decoder(plan, self._word_dropout(tokens, tmask, word_dropout_decoder), tmask)  # (N, W, V)
         ce = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction="none").view_as(tokens)
@@ -306,6 +306,13 @@ class HVAE(nn.Module):
             posterior=Posterior(mu_g, logvar_g, mu_l, logvar_l),
             n_tokens=n_tokens,
         )
+
+    def plans(self, z_g: torch.Tensor, z_l: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """plan_i = MLP([z_g; z_i]) for the real sentence slots only: (B, L), (B, S, L), (B, S) -> (N, D)."""
+        z = torch.cat([z_g.unsqueeze(1).expand_as(z_l), z_l], dim=-1)[
+            real
+        ]  # (N, 2L): padding slots never reach the MLP
+        return self.plan(z)
 
     def _word_dropout(self, ids: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
         """Replace real tokens (not EOS) by MASK with probability p (Bowman et al., 2016).
@@ -328,7 +335,7 @@ class HVAE(nn.Module):
         settings = settings or DecodeSettings(max_new_tokens=self.spec.max_words)
         S = self.spec.max_sentences
         real = torch.arange(S, device=z_g.device) < n_sentences.clamp(1, S).unsqueeze(1)  # (B, S)
-        plan = self.plan(torch.cat([z_g.unsqueeze(1).expand_as(z_l), z_l], dim=-1))[real]
+        plan = self.plans(z_g, z_l, real)
         flat = iter(self.decoder.generate(plan, settings))
         return [[next(flat) for _ in range(int(k))] for k in real.sum(1).tolist()]
 
@@ -346,7 +353,7 @@ class HVAE(nn.Module):
         lm_config = self.decoder.lm.config.to_dict()
         meta = {"hvae": asdict(self.cfg), "tokens": asdict(self.spec), "decoder_lm_config": lm_config}
         (d / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        save_model(self, str(d / WEIGHTS_FILE))
+        save_module(self, d / WEIGHTS_FILE)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> HVAE:
@@ -360,13 +367,5 @@ class HVAE(nn.Module):
         cfg = config_from_dict(HVAEConfig, meta["hvae"], where=str(d / CONFIG_FILE))
         spec = TokenSpec(**meta["tokens"])
         model = cls(cfg, spec, decoder=build_decoder(cfg, spec, lm_config=meta["decoder_lm_config"]))
-        try:
-            missing, unexpected = load_model(model, str(d / WEIGHTS_FILE), strict=False)
-        except Exception as e:  # safetensors raises its own types for corrupt files
-            raise CheckpointError(f"{d / WEIGHTS_FILE}: not a readable safetensors file ({e})") from e
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{d / WEIGHTS_FILE}: weights do not match the model "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
+        load_module(model, d / WEIGHTS_FILE)
         return model

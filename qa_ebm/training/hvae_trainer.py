@@ -16,6 +16,7 @@ the RNG state is checkpointed, so a resumed run replays the uninterrupted run's 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ from qa_ebm.training.schedules import kl_beta, warmup_cosine
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+BATCH_KEYS = ("input_ids", "token_mask", "sentence_mask")  # the model's inputs, in its argument order
 # Settings that may change on --resume (they do not change what a step computes).
 RESUMABLE_CHANGES = {"steps", "max_seconds", "eval_every", "save_every", "report_to", "num_samples"}
 
@@ -102,8 +104,9 @@ def train_hvae(
     data = load_processed(data_dir)
     check_tokenizer_matches_decoder(data.manifest["tokenizer"], config.hvae.decoder)
     spec = token_spec(data)
-    out = _prepare_run_dir(Path(out), config, resume, overwrite)
-    train, val = data.answer_arrays("train"), data.answer_arrays("val")
+    out, replaced = _prepare_run_dir(Path(out), config, resume, overwrite)
+    answers = {split: data.answer_arrays(split) for split in SPLITS}
+    train, val = answers["train"], answers["val"]
     if CONTEXT_SPLIT in data.dataset:  # unpaired context text, for the HVAE only (see preprocess)
         extra = data.answer_arrays(CONTEXT_SPLIT)
         train = {k: (train[k] + extra[k]) if k == "ids" else np.concatenate([train[k], extra[k]]) for k in train}
@@ -141,18 +144,21 @@ def train_hvae(
                 on_eval(metrics)
         return metrics
 
+    kl_schedule = functools.partial(
+        kl_beta,
+        total_steps=tc.steps,
+        cycles=tc.kl_cycles,
+        ramp_fraction=tc.kl_ramp_fraction,
+        decrease_start=tc.beta_decrease_start,
+        beta_final=tc.beta_final,
+    )
     started, stopped, metrics = time.perf_counter(), "done", {}
     last_saved = step
     window: list[dict[str, float]] = []
     bar = tqdm(total=tc.steps, initial=step, desc="train-hvae", disable=not progress or not accelerator.is_main_process)
     model.train()
     while step < tc.steps:
-        beta_g = kl_beta(
-            step, tc.steps, tc.beta_g, tc.kl_cycles, tc.kl_ramp_fraction, tc.beta_decrease_start, tc.beta_final
-        )
-        beta_l = kl_beta(
-            step, tc.steps, tc.beta_l, tc.kl_cycles, tc.kl_ramp_fraction, tc.beta_decrease_start, tc.beta_final
-        )
+        beta_g, beta_l = kl_schedule(step, beta_max=tc.beta_g), kl_schedule(step, beta_max=tc.beta_l)
         for micro in range(tc.grad_accum):
             batch = batch_at(train, step * tc.grad_accum + micro, tc.batch_size, tc.seed, accelerator)
             with accelerator.accumulate(model):
@@ -213,13 +219,15 @@ def train_hvae(
         for name in ("tokenizer", "punkt"):
             if (data.root / name).is_dir():
                 shutil.copytree(data.root / name, out / name, dirs_exist_ok=True)
-        export_latents(hvae, data, out / "latents", tc.batch_size)
+        export_latents(hvae, answers, out / "latents", tc.batch_size)
         write_json(
             out / "manifest.json", _manifest(config, data, step, stopped, metrics, time.perf_counter() - started)
         )
     if wandb_run is not None:
         wandb_run.finish()
     accelerator.wait_for_everyone()
+    if replaced is not None and accelerator.is_main_process:  # the new run is complete: drop the old one
+        shutil.rmtree(replaced, ignore_errors=True)
     return TrainResult(out=out, step=step, stopped=stopped, metrics=metrics)
 
 
@@ -235,27 +243,26 @@ def batch_at(
     processes, each takes every world_size-th example of the batch.
     """
     n = len(arrays["ids"])
-    per_epoch = math.ceil(n / batch_size)
-    epoch, k = divmod(index, per_epoch)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    rows = torch.randperm(n, generator=gen)[k * batch_size : (k + 1) * batch_size]
+    epoch, k = divmod(index, math.ceil(n / batch_size))
+    rows = _epoch_order(n, seed, epoch)[k * batch_size : (k + 1) * batch_size]
     device = torch.device("cpu")
     if accelerator is not None:
         rows = rows[accelerator.process_index :: accelerator.num_processes]
         device = accelerator.device
-    return {
-        name: torch.from_numpy(np.asarray(arrays[name])[rows.numpy()]).to(device)
-        for name in ("input_ids", "token_mask", "sentence_mask")
-    }
+    return {name: torch.from_numpy(arrays[name][rows]).to(device) for name in BATCH_KEYS}
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of one epoch, seeded with (seed, epoch); cached, since every step of the epoch needs it."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen).numpy()
 
 
 def iter_batches(arrays: dict[str, Any], batch_size: int):
     n = len(arrays["ids"])
     for start in range(0, n, batch_size):
-        yield {
-            name: torch.from_numpy(np.asarray(arrays[name][start : start + batch_size]))
-            for name in ("input_ids", "token_mask", "sentence_mask")
-        }
+        yield {name: torch.from_numpy(np.asarray(arrays[name][start : start + batch_size])) for name in BATCH_KEYS}
 
 
 # --------------------------------------------------------------------------------------- diagnostics
@@ -304,7 +311,7 @@ def diagnostics(model: HVAE, val: dict[str, Any], tc: TrainHVAEConfig, tokenizer
         }
         metrics.update(reconstruction_report(model, val, tokenizer, tc.num_samples))
         z = model.sample_prior(tc.num_samples, generator=torch.Generator(device=device).manual_seed(tc.seed))
-        metrics["prior_samples"] = [_text(tokenizer, a) for a in model.decode(*z)]
+        metrics["prior_samples"] = [decode_text(tokenizer, a) for a in model.decode(*z)]
     model.train(was_training)
     return metrics
 
@@ -322,12 +329,14 @@ def reconstruction_report(
     sub = {k: v[:limit] for k, v in arrays.items()}
     exact, shown = 0, []
     for batch in iter_batches(sub, 32):
-        decoded = model.reconstruct(*(batch[k].to(device) for k in ("input_ids", "token_mask", "sentence_mask")))
+        decoded = model.reconstruct(*(batch[k].to(device) for k in BATCH_KEYS))
         for b, sentences in enumerate(decoded):
             gold = gold_sentences(batch, b)
             exact += sentences == gold
             if len(shown) < num_samples:
-                shown.append({"gold": _text(tokenizer, gold), "reconstruction": _text(tokenizer, sentences)})
+                shown.append(
+                    {"gold": decode_text(tokenizer, gold), "reconstruction": decode_text(tokenizer, sentences)}
+                )
     return {"val_reconstruction_exact": exact / max(len(sub["ids"]), 1), "reconstructions": shown}
 
 
@@ -340,7 +349,8 @@ def gold_sentences(batch: dict[str, torch.Tensor], b: int) -> list[list[int]]:
     return out
 
 
-def _text(tokenizer, sentences: list[list[int]]) -> str:
+def decode_text(tokenizer, sentences: list[list[int]]) -> str:
+    """An answer's text from its sentences' token ids."""
     return " ".join(tokenizer.decode(ids) for ids in sentences)
 
 
@@ -348,14 +358,13 @@ def _text(tokenizer, sentences: list[list[int]]) -> str:
 
 
 @torch.no_grad()
-def export_latents(model: HVAE, data: ProcessedData, directory: Path, batch_size: int) -> dict[str, int]:
-    """Posterior means and log-variances of every split's answers, for the energy transformer."""
+def export_latents(model: HVAE, answers: dict[str, dict[str, Any]], directory: Path, batch_size: int) -> dict[str, int]:
+    """Posterior means and log-variances of every split's answers (`answer_arrays`), for the energy transformer."""
     directory.mkdir(parents=True, exist_ok=True)
     model.eval()
     device = next(model.parameters()).device
     counts = {}
-    for split in SPLITS:
-        arrays = data.answer_arrays(split)
+    for split, arrays in answers.items():
         parts: dict[str, list[torch.Tensor]] = {
             "mu_g": [],
             "logvar_g": [],
@@ -364,7 +373,7 @@ def export_latents(model: HVAE, data: ProcessedData, directory: Path, batch_size
             "sentence_mask": [],
         }
         for batch in iter_batches(arrays, batch_size):
-            post = model.encode(*(batch[k].to(device).long() for k in ("input_ids", "token_mask", "sentence_mask")))
+            post = model.encode(*(batch[k].to(device).long() for k in BATCH_KEYS))
             for name in ("mu_g", "logvar_g", "mu_l", "logvar_l"):
                 parts[name].append(getattr(post, name).float().cpu())
             parts["sentence_mask"].append(batch["sentence_mask"].to(torch.int8))
@@ -380,7 +389,12 @@ def export_latents(model: HVAE, data: ProcessedData, directory: Path, batch_size
 # --------------------------------------------------------------------------------------- run dir
 
 
-def _prepare_run_dir(out: Path, config: Config, resume: bool, overwrite: bool) -> Path:
+def _prepare_run_dir(out: Path, config: Config, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
+    """Create (or, on resume, check) the run dir; with --overwrite the old run is moved aside, not deleted.
+
+    Returns the run dir and where the old run went: the caller removes it once the new run is complete,
+    so a new run that fails leaves the old one beside it (`.NAME.old-PID`) rather than losing both.
+    """
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a directory")
     if resume:
@@ -396,16 +410,18 @@ def _prepare_run_dir(out: Path, config: Config, resume: bool, overwrite: bool) -
                 f"train_hvae.{{{', '.join(sorted(RESUMABLE_CHANGES))}}} may change"
             )
         config.save(out / "config.yaml")
-        return out
+        return out, None
+    replaced = None
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise OutputExistsError(
                 f"{out}: run directory exists; pass --resume to continue it or --overwrite to replace it"
             )
-        shutil.rmtree(out)
+        replaced = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, replaced)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.yaml")
-    return out
+    return out, replaced
 
 
 def _changed_keys(saved: Config, new: Config) -> list[str]:

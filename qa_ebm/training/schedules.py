@@ -113,11 +113,6 @@ def kl_beta(
     return _cyclical_beta(step, total_steps, beta_max, cycles, ramp_fraction)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Free bits
-# --------------------------------------------------------------------------------------------------------------------
-
-
 def _check_warmup_cosine_args(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> None:
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
