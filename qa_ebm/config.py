@@ -190,6 +190,96 @@ class TrainHVAEConfig:
                 raise ConfigError(f"train_hvae.{name} must be in [0, 1)")
 
 
+@dataclass
+class EBTConfig:
+    """The energy transformer E(question, latent[, landscape]) -> scalar (see models/ebt.py)."""
+
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 2
+    dropout: float = 0.0  # refinement differentiates through the model: dropout would make dE/dy noisy
+    soft_tokens: int = 1  # soft tokens per latent slot (z_g and each z_i)
+    # "learned": embeddings over the dataset tokenizer, trained with the model; else a frozen pretrained
+    # encoder by Hub id or local dir (e.g. all-MiniLM-L6-v2) whose token states are computed once.
+    question_encoder: str = "learned"
+    max_condition_tokens: int = 64  # question (+ context) tokens the energy reads
+    use_context: bool = True  # append the SQuAD passage to the question where there is one
+    num_landscapes: int = 10  # landscape (noise-level) embeddings: IRED's K; mcmc uses landscape 0
+
+    def validate(self) -> None:
+        if min(self.d_model, self.n_heads, self.n_layers, self.soft_tokens, self.num_landscapes) < 1:
+            raise ConfigError("ebt.d_model, n_heads, n_layers, soft_tokens and num_landscapes must be >= 1")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"ebt.d_model={self.d_model} is not divisible by ebt.n_heads={self.n_heads}")
+        if self.max_condition_tokens < 2:
+            raise ConfigError("ebt.max_condition_tokens must be >= 2")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("ebt.dropout must be in [0, 1)")
+
+
+@dataclass
+class TrainEBTConfig:
+    """`qa-ebm train-ebt`: objective, refinement during training, optimisation, evaluation."""
+
+    # mcmc: refine from noise / replay and regress the refined latent onto the gold (EBT, IREM);
+    # ired: denoising score on annealed landscapes + contrast (IRED);
+    # regress: the baseline, the same backbone predicting the latent directly (no energy).
+    objective: Literal["mcmc", "ired", "regress"] = "mcmc"
+    steps: int = 1000
+    batch_size: int = 32
+    lr_soft: float = 1e-3  # soft-token generator
+    lr_backbone: float = 3e-4  # condition embedding + transformer
+    lr_head: float = 1e-3  # energy head (and the learnable step size)
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    eval_every: int = 200
+    save_every: int = 200
+    max_seconds: float | None = None
+    # --- mcmc
+    mcmc_steps: int = 6  # the most refinement steps per training example ...
+    mcmc_min_steps: int = 2  # ... drawn uniformly from [min, max] each batch (randomised steps)
+    truncate: int = 2  # gradients flow through the last `truncate` steps only
+    step_size: float = 0.5  # initial alpha (learnable, kept positive through its log)
+    step_size_jitter: float = 0.5  # alpha * U[1 - j, 1 + j] per example during training
+    langevin_noise: float = 0.05  # std of the noise added at each training refinement step
+    replay_prob: float = 0.5  # start from a replay-buffer sample instead of noise
+    replay_capacity: int = 2048
+    recon_coeff: float = 1.0
+    contrast_coeff: float = 1.0
+    gold_grad_coeff: float = 0.1  # |dE/dy|^2 at the gold: the gold latent a fixed point
+    # --- ired
+    denoise_coeff: float = 1.0
+    negative_noise: float = 1.0  # extra noise std for the stronger-corrupted negative
+    # --- evaluation and inference
+    sampler: Literal["auto", "gd", "langevin", "ired"] = "auto"  # auto: gd for mcmc, ired for ired
+    eval_steps: int = 20  # refinement step cap at eval (ired: steps per landscape)
+    eval_step_size: float | None = None  # None: the learned step size (mcmc), 0.1 (ired)
+    eval_candidates: int = 32  # verifier recall@1 among this many answer latents
+    eval_size: int = 256  # val questions used per eval (all when fewer)
+    num_samples: int = 3  # refined answers decoded as text at each eval
+    report_to: Literal["none", "wandb"] = "none"
+
+    def validate(self) -> None:
+        if min(self.steps, self.batch_size, self.eval_every, self.save_every, self.eval_steps) < 1:
+            raise ConfigError("train_ebt.steps, batch_size, eval_every, save_every and eval_steps must be >= 1")
+        if self.warmup_steps > self.steps:
+            raise ConfigError(f"train_ebt.warmup_steps={self.warmup_steps} exceeds train_ebt.steps={self.steps}")
+        if not 1 <= self.mcmc_min_steps <= self.mcmc_steps:
+            raise ConfigError("train_ebt: need 1 <= mcmc_min_steps <= mcmc_steps")
+        if not 1 <= self.truncate <= self.mcmc_min_steps:
+            raise ConfigError("train_ebt.truncate must be in [1, mcmc_min_steps]")
+        if self.step_size <= 0:
+            raise ConfigError("train_ebt.step_size must be > 0")
+        if not 0 <= self.step_size_jitter < 1 or not 0 <= self.replay_prob <= 1:
+            raise ConfigError("train_ebt.step_size_jitter must be in [0, 1) and replay_prob in [0, 1]")
+        if self.eval_candidates < 2:
+            raise ConfigError("train_ebt.eval_candidates must be >= 2")
+
+
 # --------------------------------------------------------------------------------------- root
 
 
@@ -198,6 +288,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     hvae: HVAEConfig = field(default_factory=HVAEConfig)
     train_hvae: TrainHVAEConfig = field(default_factory=TrainHVAEConfig)
+    ebt: EBTConfig = field(default_factory=EBTConfig)
+    train_ebt: TrainEBTConfig = field(default_factory=TrainEBTConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):

@@ -170,18 +170,37 @@ def test_out_of_memory_names_a_batch_size(data_dir, tmp_path, monkeypatch):
         train_hvae(config(), data_dir, tmp_path / "oom", progress=False)
 
 
-def test_wandb_offline_run_gets_the_diagnostics(data_dir, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+def test_wandb_run_gets_the_diagnostics(data_dir, tmp_path, monkeypatch):
+    """The trainer's side of the wandb integration, against a recording stand-in for the wandb module.
+
+    (A real offline run writes its event log from a background service process, which made a test on
+    the file flaky on a loaded machine.)
+    """
+    import importlib.machinery
+    import sys
+    import types
+
+    logged, calls = [], {}
+
+    class Run:
+        def log(self, metrics, step):
+            logged.append((step, metrics))
+
+        def finish(self):
+            calls["finished"] = True
+
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)  # accelerate probes for it
+    fake.init = lambda **kwargs: calls.update(init=kwargs) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "wb"
     train_hvae(config("train_hvae.report_to=wandb", "train_hvae.steps=3"), data_dir, out, progress=False)
-    runs = list((out / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    events = list(runs[0].glob("*.wandb"))
-    assert len(events) == 1, "no wandb event file written"
-    logged = events[0].read_bytes()  # offline runs keep only the binary event log until `wandb sync`
-    assert b"val_kl_g" in logged and b"active_units_l" in logged and b"val_reconstruction_exact" in logged
+    assert calls["init"]["mode"] == "offline" and calls["init"]["dir"] == str(out) and calls["finished"]
+    step, metrics = logged[-1]
+    assert step == 3
+    assert {"val_kl_g", "active_units_l", "val_reconstruction_exact"} <= set(metrics)
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
 
 
 def test_batches_are_a_function_of_seed_and_step(data_dir):

@@ -32,15 +32,15 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from qa_ebm import __version__
 from qa_ebm.config import Config, TrainHVAEConfig
 from qa_ebm.data.preprocess import CONTEXT_SPLIT
 from qa_ebm.data.processed import ProcessedData, load_processed
 from qa_ebm.data.tokenizer import load_tokenizer
-from qa_ebm.errors import CheckpointError, ConfigError, OutputExistsError, QaEbmError
+from qa_ebm.errors import ConfigError
 from qa_ebm.io import write_json
 from qa_ebm.models.hvae import HVAE, TokenSpec
 from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
+from qa_ebm.training.runs import TrainingError, base_manifest, check_finite, init_wandb, prepare_run_dir
 from qa_ebm.training.schedules import kl_beta, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,6 @@ SPLITS = ("train", "val", "test")
 BATCH_KEYS = ("input_ids", "token_mask", "sentence_mask")  # the model's inputs, in its argument order
 # Settings that may change on --resume (they do not change what a step computes).
 RESUMABLE_CHANGES = {"steps", "max_seconds", "eval_every", "save_every", "report_to", "num_samples"}
-
-
-class TrainingError(QaEbmError):
-    """Training cannot go on (non-finite loss, out of memory); the message says what to change."""
 
 
 @dataclass
@@ -104,7 +100,7 @@ def train_hvae(
     data = load_processed(data_dir)
     check_tokenizer_matches_decoder(data.manifest["tokenizer"], config.hvae.decoder)
     spec = token_spec(data)
-    out, replaced = _prepare_run_dir(Path(out), config, resume, overwrite)
+    out, replaced = prepare_run_dir(Path(out), config, resume, overwrite, ("hvae", "train_hvae"), RESUMABLE_CHANGES)
     answers = {split: data.answer_arrays(split) for split in SPLITS}
     train, val = answers["train"], answers["val"]
     if CONTEXT_SPLIT in data.dataset:  # unpaired context text, for the HVAE only (see preprocess)
@@ -125,7 +121,9 @@ def train_hvae(
     if resume and (state_dir / "state.json").is_file():
         load_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
         step = int(load_trainer_state(state_dir, optimizer, scheduler)["step"])
-    wandb_run = _wandb(tc, config, out) if accelerator.is_main_process else None
+    wandb_run = None
+    if accelerator.is_main_process:
+        wandb_run = init_wandb(tc.report_to, "train_hvae", config, out, "train-hvae")
 
     def save(step: int) -> None:
         if accelerator.is_main_process:
@@ -173,7 +171,7 @@ def train_hvae(
                         word_dropout_decoder=tc.word_dropout_decoder,
                         count_loss_weight=tc.count_loss_weight,
                     )
-                    _check_finite(output.loss, step, last_saved, tc)
+                    check_finite(output.loss, step, last_saved, "train_hvae", tc.lr)
                     accelerator.backward(output.loss / tc.grad_accum)
                 except torch.OutOfMemoryError as e:
                     raise TrainingError(
@@ -182,7 +180,7 @@ def train_hvae(
                         f"--set train_hvae.grad_accum={tc.grad_accum * 2}"
                     ) from e
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        _check_finite(grad_norm, step, last_saved, tc, what="gradient norm")
+        check_finite(grad_norm, step, last_saved, "train_hvae", tc.lr, what="gradient norm")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
@@ -310,8 +308,10 @@ def diagnostics(model: HVAE, val: dict[str, Any], tc: TrainHVAEConfig, tokenizer
             "posterior_var_l": torch.cat(var_l).mean().item(),
         }
         metrics.update(reconstruction_report(model, val, tokenizer, tc.num_samples))
-        z = model.sample_prior(tc.num_samples, generator=torch.Generator(device=device).manual_seed(tc.seed))
-        metrics["prior_samples"] = [decode_text(tokenizer, a) for a in model.decode(*z)]
+        metrics["prior_samples"] = []
+        if tc.num_samples > 0:
+            z = model.sample_prior(tc.num_samples, generator=torch.Generator(device=device).manual_seed(tc.seed))
+            metrics["prior_samples"] = [decode_text(tokenizer, a) for a in model.decode(*z)]
     model.train(was_training)
     return metrics
 
@@ -389,84 +389,6 @@ def export_latents(model: HVAE, answers: dict[str, dict[str, Any]], directory: P
 # --------------------------------------------------------------------------------------- run dir
 
 
-def _prepare_run_dir(out: Path, config: Config, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
-    """Create (or, on resume, check) the run dir; with --overwrite the old run is moved aside, not deleted.
-
-    Returns the run dir and where the old run went: the caller removes it once the new run is complete,
-    so a new run that fails leaves the old one beside it (`.NAME.old-PID`) rather than losing both.
-    """
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a directory")
-    if resume:
-        if not (out / "config.yaml").is_file():
-            raise CheckpointError(f"{out}: nothing to resume (no config.yaml); drop --resume to start a new run")
-        from qa_ebm.config import load_config
-
-        saved = load_config(out / "config.yaml")
-        changed = _changed_keys(saved, config)
-        if changed:
-            raise ConfigError(
-                f"{out}: --resume with a different config ({', '.join(changed)}); only "
-                f"train_hvae.{{{', '.join(sorted(RESUMABLE_CHANGES))}}} may change"
-            )
-        config.save(out / "config.yaml")
-        return out, None
-    replaced = None
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(
-                f"{out}: run directory exists; pass --resume to continue it or --overwrite to replace it"
-            )
-        replaced = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, replaced)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(out / "config.yaml")
-    return out, replaced
-
-
-def _changed_keys(saved: Config, new: Config) -> list[str]:
-    a, b = saved.to_dict(), new.to_dict()
-    changed = [f"hvae.{k}" for k in a["hvae"] if a["hvae"][k] != b["hvae"][k]]
-    changed += [
-        f"train_hvae.{k}"
-        for k in a["train_hvae"]
-        if a["train_hvae"][k] != b["train_hvae"][k] and k not in RESUMABLE_CHANGES
-    ]
-    return changed
-
-
-def _check_finite(value: torch.Tensor, step: int, last_saved: int, tc: TrainHVAEConfig, what: str = "loss") -> None:
-    if not torch.isfinite(value).all():
-        raise TrainingError(
-            f"the {what} became {value.item()} at step {step}; stopped without saving, the last good checkpoint "
-            f"is step {last_saved} (--resume continues from it); try a lower train_hvae.lr (now {tc.lr}), "
-            f"train_hvae.grad_clip, or train_hvae.mixed_precision=no"
-        )
-
-
-def _wandb(tc: TrainHVAEConfig, config: Config, out: Path):
-    if tc.report_to != "wandb":
-        return None
-    try:
-        import wandb
-    except ImportError as e:
-        raise ConfigError("train_hvae.report_to=wandb needs the wandb package (pip install wandb)") from e
-    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    return wandb.init(project="qa-ebm", dir=str(out), config=config.to_dict(), mode=mode, job_type="train-hvae")
-
-
 def _manifest(config: Config, data: ProcessedData, step: int, stopped: str, metrics: dict, seconds: float) -> dict:
-    import platform
-
-    return {
-        "format": "qa-ebm/hvae-run",
-        "format_version": 1,
-        "created_by": f"qa-ebm {__version__}",
-        "data": {"dir": str(data.root), "fingerprint": data.manifest.get("fingerprint")},
-        "config_hash": config.hash(),
-        "step": step,
-        "stopped": stopped,
-        "seconds": round(seconds, 1),
-        "final_metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
-    }
+    manifest = base_manifest("qa-ebm/hvae-run", config, step, stopped, metrics, seconds)
+    return {**manifest, "data": {"dir": str(data.root.resolve()), "fingerprint": data.manifest.get("fingerprint")}}

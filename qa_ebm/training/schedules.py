@@ -28,8 +28,10 @@ unreliable in the first steps, and a full lr there can blow up a transformer), t
 
 from __future__ import annotations
 
+import math
+
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torch.optim.lr_scheduler import LambdaLR, LinearLR, SequentialLR
 
 __all__ = ["kl_beta", "warmup_cosine"]
 
@@ -131,33 +133,27 @@ def warmup_cosine(
 
     The lr starts at base / (warmup_steps + 1) (small but nonzero, so the first step still moves the weights),
     rises linearly to the base lr at step `warmup_steps` (`LinearLR`), then follows a cosine down to
-    base * `min_lr_ratio` at step `total_steps` (`CosineAnnealingLR`, T_max = total_steps - warmup_steps). The two
-    are chained by `SequentialLR` with milestone `warmup_steps`.
+    base * `min_lr_ratio` at step `total_steps` (a `LambdaLR`: each param group decays from its own base lr, so
+    groups with different lrs keep their ratio). The two are chained by `SequentialLR` with milestone
+    `warmup_steps`.
 
     warmup_steps=0 still returns a SequentialLR (milestone 0: torch starts directly in the cosine, and the LinearLR is
     an inert placeholder), so checkpoints have the same state_dict layout whatever the warmup. With
     warmup_steps == total_steps there is no room for the decay: the lr reaches the base lr at total_steps.
-    Past total_steps the cosine turns back up (torch's CosineAnnealingLR is periodic): do not step beyond it.
+    Past total_steps the cosine turns back up: do not step beyond it.
 
     To resume: build the optimizer and this scheduler as for a fresh run, then load both state_dicts (construction
     writes the optimizer's lr, so loading first would be overwritten).
 
-    Raises ValueError for total_steps < 1, warmup_steps outside [0, total_steps], min_lr_ratio outside [0, 1], and
-    for param groups with different base lrs when min_lr_ratio > 0 (CosineAnnealingLR takes one absolute eta_min,
-    so it cannot be a ratio of each group's lr).
+    Raises ValueError for total_steps < 1, warmup_steps outside [0, total_steps] and min_lr_ratio outside [0, 1].
     """
     _check_warmup_cosine_args(warmup_steps, total_steps, min_lr_ratio)
     warmup = LinearLR(optimizer, start_factor=1.0 / (warmup_steps + 1), end_factor=1.0, total_iters=warmup_steps)
-    base_lrs = [float(lr) for lr in warmup.base_lrs]
-    if min_lr_ratio > 0.0 and len(set(base_lrs)) > 1:
-        raise ValueError(
-            f"min_lr_ratio > 0 needs one base lr for all param groups (CosineAnnealingLR's eta_min is absolute), "
-            f"got {base_lrs}"
-        )
-    cosine = CosineAnnealingLR(
-        optimizer,
-        # max(1, ...): T_max = 0 would divide by zero when warmup fills the whole run.
-        T_max=max(1, total_steps - warmup_steps),
-        eta_min=base_lrs[0] * min_lr_ratio,
-    )
+    # max(1, ...): a zero-length decay would divide by zero when warmup fills the whole run.
+    decay_steps = max(1, total_steps - warmup_steps)
+
+    def cosine_factor(t: int) -> float:  # of each group's own base lr, so groups may differ
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t / decay_steps))
+
+    cosine = LambdaLR(optimizer, cosine_factor)
     return SequentialLR(optimizer, schedulers=[warmup, cosine], milestones=[warmup_steps])
