@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/qa-ebm preprocess --config configs/tiny.yaml --squad data/squad_sample.json \
 		--physics data/physics_sample.jsonl --out runs/sample/data --overwrite
 	$(BIN)/qa-ebm train-hvae --config configs/tiny.yaml --data runs/sample/data --out runs/sample/hvae --overwrite
+	$(BIN)/qa-ebm train-ebt --config configs/tiny.yaml --hvae runs/sample/hvae --out runs/sample/ebt --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

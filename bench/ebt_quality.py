@@ -131,7 +131,7 @@ def markdown(result: dict) -> str:
         for split in ("val", "test"):
             s = r[split]
 
-            def f(key, fmt="{:.3f}"):
+            def f(key, fmt="{:.3f}", s=s):
                 return fmt.format(s[key]) if key in s else "-"
 
             lines.append(

@@ -34,7 +34,7 @@ from qa_ebm.data.schema import RawExample, SourceReport
 from qa_ebm.data.sentences import SentenceSplitter, find_pretrained_punkt
 from qa_ebm.data.splits import assign_splits_by_source
 from qa_ebm.data.squad import load_squad
-from qa_ebm.data.tokenizer import build_tokenizer, load_tokenizer, tokenizer_info
+from qa_ebm.data.tokenizer import build_tokenizer, encode_sentences, load_tokenizer, tokenizer_info
 from qa_ebm.errors import ConfigError, DataError
 from qa_ebm.io import atomic_output_dir, check_output_dir, write_json
 
@@ -228,34 +228,9 @@ class _Encode:
         return self._tok
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
-        tok, S, W = self.tokenizer, self.S, self.W
-        pad, eos = tok.special.pad_id, tok.special.eos_id
-        flat = [s for sents in batch["sentences"] for s in sents]
-        flat_ids = iter(tok.encode_batch(flat))
-        B = len(batch["sentences"])
-        input_ids = np.full((B, S, W), pad, dtype=np.int32)
-        token_mask = np.zeros((B, S, W), dtype=np.int8)
-        sentence_mask = np.zeros((B, S), dtype=np.int8)
-        truncated = np.zeros(B, dtype=np.int32)
-        longest = np.zeros(B, dtype=np.int32)
-        for b, sents in enumerate(batch["sentences"]):
-            for s in range(len(sents)):
-                ids = next(flat_ids)
-                longest[b] = max(longest[b], len(ids))
-                truncated[b] += len(ids) > W - 1
-                ids = [*ids[: W - 1], eos]
-                input_ids[b, s, : len(ids)] = ids
-                token_mask[b, s, : len(ids)] = 1
-                sentence_mask[b, s] = 1
-        question_ids = [ids[: self.Q] for ids in tok.encode_batch(batch["question"])]
-        return {
-            "input_ids": input_ids,
-            "token_mask": token_mask,
-            "sentence_mask": sentence_mask,
-            "question_ids": question_ids,
-            "num_truncated": truncated,
-            "longest_sentence": longest,
-        }
+        ids = encode_sentences(self.tokenizer, batch["sentences"], self.S, self.W)
+        ids["question_ids"] = [q[: self.Q] for q in self.tokenizer.encode_batch(batch["question"])]
+        return ids
 
 
 def context_text(ds, train_rows: np.ndarray, splitter: SentenceSplitter, cfg: DataConfig):

@@ -12,6 +12,9 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from qa_ebm.errors import CheckpointError, DataError
 
@@ -194,3 +197,36 @@ def tokenizer_info(tok: Tokenizer) -> dict:
 
 def _write_meta(d: Path, tok: Tokenizer) -> None:
     (d / META_FILE).write_text(json.dumps(tokenizer_info(tok), indent=2) + "\n")
+
+
+def encode_sentences(tok: Tokenizer, answers: list[list[str]], max_sentences: int, max_words: int) -> dict[str, Any]:
+    """Sentences -> the HVAE's hierarchical ids: (N, S, W) with EOS closing each sentence, and masks.
+
+    Each sentence is cut to `max_words - 1` tokens before its EOS; sentences past `max_sentences` are
+    dropped. Also returns, per answer, how many sentences were cut and the longest sentence's length.
+    """
+    S, W = max_sentences, max_words
+    pad, eos = tok.special.pad_id, tok.special.eos_id
+    flat_ids = iter(tok.encode_batch([s for sents in answers for s in sents[:S]]))
+    N = len(answers)
+    input_ids = np.full((N, S, W), pad, dtype=np.int32)
+    token_mask = np.zeros((N, S, W), dtype=np.int8)
+    sentence_mask = np.zeros((N, S), dtype=np.int8)
+    truncated = np.zeros(N, dtype=np.int32)
+    longest = np.zeros(N, dtype=np.int32)
+    for b, sents in enumerate(answers):
+        for s in range(min(len(sents), S)):
+            ids = next(flat_ids)
+            longest[b] = max(longest[b], len(ids))
+            truncated[b] += len(ids) > W - 1
+            ids = [*ids[: W - 1], eos]
+            input_ids[b, s, : len(ids)] = ids
+            token_mask[b, s, : len(ids)] = 1
+            sentence_mask[b, s] = 1
+    return {
+        "input_ids": input_ids,
+        "token_mask": token_mask,
+        "sentence_mask": sentence_mask,
+        "num_truncated": truncated,
+        "longest_sentence": longest,
+    }

@@ -85,7 +85,7 @@ def load_encoder(name: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if local.exists():
-            raise CheckpointError(f"{name!r}: cannot load the model in {local} ({first})") from e
+            raise CheckpointError(f"{name!r}: cannot load the model or its tokenizer from {local} ({first})") from e
         hint = (
             "the Hugging Face Hub is offline (HF_HUB_OFFLINE) and it is not in the local cache; give a local "
             f"model directory, or one of the packaged models: {', '.join(sorted(PACKAGED_MODELS))}"
