@@ -78,7 +78,7 @@ def calibrate(config, data_dir: Path, tmp: Path) -> float:
 def reconstruction_scores(model, arrays: dict, answers: list[str], tokenizer, limit: int) -> dict:
     from rouge_score import rouge_scorer
 
-    from qa_ebm.training.hvae_trainer import BATCH_KEYS, decode_text, iter_batches
+    from qa_ebm.training.hvae_trainer import decode_text, iter_batches, model_inputs
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     n = min(limit, len(arrays["ids"]))
@@ -86,7 +86,7 @@ def reconstruction_scores(model, arrays: dict, answers: list[str], tokenizer, li
     rouge, exact, shown = [], [], []
     i = 0
     for batch in iter_batches(sub, 64):
-        for sentences in model.reconstruct(*(batch[k] for k in BATCH_KEYS)):
+        for sentences in model.reconstruct(**model_inputs(batch, "cpu")):
             text = decode_text(tokenizer, sentences)
             gold = answers[i]
             rouge.append(scorer.score(gold, text)["rougeL"].fmeasure)
@@ -142,6 +142,11 @@ def run_workload(name: str, budget: float, overrides: list[str], tmp: Path, limi
     }
     for split in ("val", "test"):
         arrays = data.answer_arrays(split)
+        if config.hvae.word_encoder != "scratch":
+            from qa_ebm.models.sentence_embedder import SentenceEmbedder
+
+            embedder = SentenceEmbedder(config.hvae.word_encoder)
+            arrays["sentence_emb"] = embedder.embed_answers(data.answer_sentences(split), model.spec.max_sentences)
         rows = data.dataset[split].select_columns(["id", "answer"])[:]
         answer_of = dict(zip(rows["id"], rows["answer"], strict=True))
         answers = [" ".join(answer_of[i].split()) for i in arrays["ids"]]

@@ -74,11 +74,17 @@ class CleanConfig:
 
 @dataclass
 class SplitConfig:
-    """Fractions of examples for val and test; the rest is train. Grouped, so nothing leaks."""
+    """Fractions of examples for val and test; the rest is train. Grouped, so nothing leaks.
+
+    `val_groups` / `test_groups` pin whole groups (e.g. "squad:Nikola_Tesla", an article) to a split;
+    the fractions then apply to the examples of the other groups.
+    """
 
     val: float = 0.1
     test: float = 0.1
     seed: int = 0
+    val_groups: list[str] = field(default_factory=list)
+    test_groups: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -114,6 +120,9 @@ class DataConfig:
             raise ConfigError("data.splits.val and data.splits.test must be fractions in [0, 1)")
         if self.splits.val + self.splits.test >= 1:
             raise ConfigError("data.splits.val + data.splits.test must leave room for train (< 1)")
+        both = sorted(set(self.splits.val_groups) & set(self.splits.test_groups))
+        if both:
+            raise ConfigError(f"data.splits: groups pinned to both val and test: {', '.join(both)}")
         if self.num_proc < 1 or self.batch_size < 1:
             raise ConfigError("data.num_proc and data.batch_size must be >= 1")
         if self.tokenizer.kind == "hf" and not self.tokenizer.name:
@@ -139,6 +148,10 @@ class HVAEConfig:
     gguf_file: str | None = None
     decoder_layers: int = 2  # scratch decoders only
     prefix_len: int = 4  # prefix vectors (GPT-2) / memory vectors (BART) per sentence
+    # word level of the encoder: "scratch" (embeddings + transformer over the dataset tokenizer's ids), or a
+    # frozen pretrained encoder by Hub id / local dir (e.g. all-MiniLM-L6-v2) whose mean-pooled states of
+    # each sentence's text replace it; they are computed once per dataset and cached.
+    word_encoder: str = "scratch"
 
     def validate(self) -> None:
         if self.d_model % self.n_heads:
@@ -280,6 +293,39 @@ class TrainEBTConfig:
             raise ConfigError("train_ebt.eval_candidates must be >= 2")
 
 
+@dataclass
+class ReadingConfig:
+    """Reading mode (SQuAD-style question + passage): the proposal head and the energy over candidates."""
+
+    encoder: str = "all-MiniLM-L6-v2"  # Hub id or local dir of any AutoModel encoder (offline: the wheel)
+    max_length: int = 256  # tokens per question+passage window
+    stride: int = 128  # overlap between windows
+    max_answer_tokens: int = 30
+    # proposal head (start/end logits over the encoder's token states), fine-tuned with the encoder
+    proposal_max_seconds: float = 1200.0
+    proposal_batch_size: int = 16
+    proposal_lr: float = 1e-4
+    proposal_epochs: float = 1.0
+    # energy over candidates
+    top_k: int = 20  # candidates per question from the proposal head
+    energy_max_seconds: float = 300.0
+    energy_steps: int = 2000  # the step cap; the time budget usually ends training first
+    energy_batch_size: int = 16  # questions per step
+    energy_max_questions: int = 3000  # train questions the energy sees (their windows are encoded up front)
+    energy_lr: float = 3e-4
+    mcmc_coeff: float = 0.1  # weight of the mcmc latent objective beside the candidates' cross-entropy
+    use_proposal_score: bool = True  # E_total = E_theta - w * proposal score
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.stride >= self.max_length:
+            raise ConfigError(f"reading.stride={self.stride} must be below reading.max_length={self.max_length}")
+        if min(self.max_length, self.max_answer_tokens, self.top_k, self.proposal_batch_size) < 1:
+            raise ConfigError("reading.max_length, max_answer_tokens, top_k and proposal_batch_size must be >= 1")
+        if min(self.energy_steps, self.energy_batch_size, self.energy_max_questions) < 1:
+            raise ConfigError("reading.energy_steps, energy_batch_size and energy_max_questions must be >= 1")
+
+
 # --------------------------------------------------------------------------------------- root
 
 
@@ -290,6 +336,7 @@ class Config:
     train_hvae: TrainHVAEConfig = field(default_factory=TrainHVAEConfig)
     ebt: EBTConfig = field(default_factory=EBTConfig)
     train_ebt: TrainEBTConfig = field(default_factory=TrainEBTConfig)
+    reading: ReadingConfig = field(default_factory=ReadingConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):

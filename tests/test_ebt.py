@@ -143,3 +143,12 @@ def test_regressor_predicts_every_slot():
     model = _model(LatentRegressor)
     x, x_mask, _, slot_mask = _inputs()
     assert model(x, x_mask, slot_mask).shape == (3, SPEC.num_slots, SPEC.latent_dim)
+
+
+def test_condition_select_matches_recomputing_for_those_rows():
+    model = _model()
+    x, x_mask, y, slot_mask = _inputs()
+    rows = torch.tensor([2, 0, 2, 1])
+    cond = model.condition(x, x_mask).select(rows)
+    direct = model(x[rows], x_mask[rows], y[:4].repeat(2, 1, 1)[:4], slot_mask[rows]).energy
+    torch.testing.assert_close(model.energy(cond, y[:4].repeat(2, 1, 1)[:4], slot_mask[rows]), direct)

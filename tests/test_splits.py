@@ -96,3 +96,14 @@ def test_dominant_group_stays_in_train(seed):
     splits = assign_splits(groups, val=0.1, test=0.1, seed=seed)
     assert splits[0] == "train"
     assert Counter(splits)["train"] >= 80
+
+
+def test_pinned_groups_go_to_their_split_and_the_rest_by_fraction():
+    from qa_ebm.data.splits import assign_splits_by_source
+
+    groups = [f"g{i // 3}" for i in range(60)]
+    sources = ["squad"] * 60
+    out = assign_splits_by_source(groups, sources, 0.0, 0.0, 0, pinned={"g1": "test", "g4": "val"})
+    assert {s for g, s in zip(groups, out, strict=True) if g == "g1"} == {"test"}
+    assert {s for g, s in zip(groups, out, strict=True) if g == "g4"} == {"val"}
+    assert out.count("train") == 54

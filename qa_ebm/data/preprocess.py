@@ -134,8 +134,14 @@ def preprocess(
         # 7. Grouped splits, each gathered in one Arrow `take` and encoded into fresh tables.
         rows = np.flatnonzero(keep)
         groups, sources = meta["group"][rows], meta["source"][rows]
+        pinned = {g: "val" for g in cfg.splits.val_groups} | {g: "test" for g in cfg.splits.test_groups}
+        unknown = sorted(set(pinned) - set(groups.tolist()))
+        if unknown:
+            raise DataError(f"data.splits: pinned groups not in the data: {', '.join(unknown)}")
         split_of = np.array(
-            assign_splits_by_source(groups.tolist(), sources.tolist(), cfg.splits.val, cfg.splits.test, cfg.splits.seed)
+            assign_splits_by_source(
+                groups.tolist(), sources.tolist(), cfg.splits.val, cfg.splits.test, cfg.splits.seed, pinned
+            )
         )
         if not (split_of == "train").any():
             raise DataError(

@@ -39,6 +39,29 @@ class ProcessedData:
         arrays = ds.select(keep).with_format("numpy", columns=["input_ids", "token_mask", "sentence_mask"])[:]
         return {"ids": [cols["id"][i] for i in keep], **arrays}
 
+    def answer_sentences(self, split: str) -> list[list[str]]:
+        """The sentences of the answers `answer_arrays(split)` returns, in the same order."""
+        ds = self.dataset[split]
+        cols = ds.select_columns(["is_impossible", "num_sentences", "sentences"])[:]
+        keep = ~np.asarray(cols["is_impossible"], dtype=bool) & (np.asarray(cols["num_sentences"]) > 0)
+        return [list(cols["sentences"][i]) for i in np.flatnonzero(keep)]
+
+    def reading_examples(self, split: str, answerable_only: bool = False) -> list[dict[str, Any]]:
+        """The split's questions that come with a passage (SQuAD), as dicts for reading mode.
+
+        Keys: id, title, question, context, answer, answer_start, references (all gold answers; empty
+        for a v2 unanswerable question), is_impossible.
+        """
+        if split not in self.dataset:
+            raise CheckpointError(f"{self.root}: no split {split!r} (has {', '.join(self.dataset)})")
+        keys = ["id", "title", "question", "context", "answer", "answer_start", "references", "is_impossible"]
+        cols = self.dataset[split].select_columns(keys)[:]
+        rows = [dict(zip(keys, values, strict=True)) for values in zip(*(cols[k] for k in keys), strict=True)]
+        rows = [r for r in rows if r["context"]]
+        for r in rows:
+            r["references"] = [] if r["is_impossible"] else list(r["references"])
+        return [r for r in rows if not (answerable_only and r["is_impossible"])]
+
 
 def load_processed(directory: str | Path) -> ProcessedData:
     import datasets

@@ -32,15 +32,24 @@ def assign_splits(groups: list[str], val: float, test: float, seed: int) -> list
     return [where[g] for g in groups]
 
 
-def assign_splits_by_source(groups: list[str], sources: list[str], val: float, test: float, seed: int) -> list[str]:
+def assign_splits_by_source(
+    groups: list[str],
+    sources: list[str],
+    val: float,
+    test: float,
+    seed: int,
+    pinned: dict[str, str] | None = None,
+) -> list[str]:
     """`assign_splits` within each source, so every split gets its share of every source.
 
     Without this, a source of large groups (SQuAD articles) can fill val on its own and leave
-    another source (physics questions) with no validation examples at all.
+    another source (physics questions) with no validation examples at all. `pinned` maps groups to
+    the split they must go to; the fractions apply to the examples of the other groups.
     """
-    out = [""] * len(groups)
+    pinned = pinned or {}
+    out = [pinned.get(g, "") for g in groups]
     for source in sorted(set(sources)):
-        idx = [i for i, s in enumerate(sources) if s == source]
+        idx = [i for i, s in enumerate(sources) if s == source and groups[i] not in pinned]
         for i, name in zip(idx, assign_splits([groups[i] for i in idx], val, test, seed), strict=True):
             out[i] = name
     return out

@@ -21,6 +21,11 @@ class AnswerEncoder:
 
     def __init__(self, hvae: HVAE, tokenizer: Tokenizer, splitter: SentenceSplitter, batch_size: int = 128):
         self.hvae, self.tokenizer, self.splitter, self.batch_size = hvae.eval(), tokenizer, splitter, batch_size
+        self.embedder = None  # the frozen word level of an HVAE with hvae.word_encoder set
+        if hvae.cfg.word_encoder != "scratch":
+            from qa_ebm.models.sentence_embedder import SentenceEmbedder
+
+            self.embedder = SentenceEmbedder(hvae.cfg.word_encoder)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, batch_size: int = 128) -> AnswerEncoder:
@@ -43,7 +48,10 @@ class AnswerEncoder:
             sentences = [self.splitter.split(t) or [t.strip()] for t in texts[start : start + self.batch_size]]
             ids = encode_sentences(self.tokenizer, sentences, spec.max_sentences, spec.max_words)
             batch = [torch.from_numpy(ids[k]).long().to(device) for k in ("input_ids", "token_mask", "sentence_mask")]
-            post = self.hvae.encode(*batch)
+            emb = None
+            if self.embedder is not None:
+                emb = torch.from_numpy(self.embedder.embed_answers(sentences, spec.max_sentences)).float().to(device)
+            post = self.hvae.encode(*batch, sentence_emb=emb)
             real = batch[2].bool()
             ys.append(torch.cat([post.mu_g[:, None], post.mu_l], 1).float().cpu())
             masks.append(torch.cat([torch.ones_like(real[:, :1]), real], 1).cpu())

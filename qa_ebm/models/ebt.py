@@ -63,6 +63,10 @@ class Condition:
     values: list[torch.Tensor]
     mask: torch.Tensor  # (B, L) bool, True at real tokens
 
+    def select(self, rows: torch.Tensor) -> Condition:
+        """The conditions of these rows (LongTensor (N,)), e.g. each candidate's own passage window."""
+        return Condition([k[rows] for k in self.keys], [v[rows] for v in self.values], self.mask[rows])
+
     def repeat_interleave(self, n: int) -> Condition:
         """Each question n times in a row: for n candidate latents per question (best-of-N, reading mode)."""
         return Condition(

@@ -4,6 +4,8 @@ Shapes: B answers, S sentence slots, W token slots per sentence, D model width, 
 
 Encoder
     word level      e_{i,t} = Emb(x_{i,t}) + Pos_t -> Transformer over t -> mean over real tokens = h_i
+                    (hvae.word_encoder = a pretrained encoder: h_i = Linear(LN(mean-pooled frozen states of
+                    sentence i's text)), precomputed per dataset, see models/sentence_embedder.py)
     sentence level  [DOC; h_1..h_S] + SentPos -> Transformer over sentences -> d (at DOC), c_i
 Posterior
     q(z_g | x)      = N(mu_g, diag sigma_g^2),  [mu_g, log sigma_g^2] = Linear(d)
@@ -54,6 +56,7 @@ class TokenSpec:
     mask_id: int
     max_sentences: int
     max_words: int
+    sentence_dim: int = 0  # width of the pretrained sentence vectors (hvae.word_encoder); 0 for "scratch"
 
 
 @dataclass
@@ -184,10 +187,16 @@ class HVAE(nn.Module):
         super().__init__()
         self.cfg, self.spec = cfg, spec
         D, L, S, W = cfg.d_model, cfg.latent_dim, spec.max_sentences, spec.max_words
-        # encoder
-        self.tok_emb = nn.Embedding(spec.vocab_size, D, padding_idx=spec.pad_id)
-        self.word_pos = nn.Embedding(W, D)
-        self.word_enc = _encoder(D, cfg.n_heads, cfg.word_layers, cfg.dropout)
+        # encoder: word level (from scratch over token ids, or a projection of frozen pretrained sentence vectors)
+        self.pretrained_words = cfg.word_encoder != "scratch"
+        if self.pretrained_words:
+            if spec.sentence_dim < 1:
+                raise ConfigError(f"hvae.word_encoder={cfg.word_encoder} needs the sentence vectors' width")
+            self.sent_in = nn.Sequential(nn.LayerNorm(spec.sentence_dim), nn.Linear(spec.sentence_dim, D))
+        else:
+            self.tok_emb = nn.Embedding(spec.vocab_size, D, padding_idx=spec.pad_id)
+            self.word_pos = nn.Embedding(W, D)
+            self.word_enc = _encoder(D, cfg.n_heads, cfg.word_layers, cfg.dropout)
         self.doc_token = nn.Parameter(torch.randn(1, 1, D) * 0.02)
         self.sent_pos = nn.Embedding(S + 1, D)
         self.sent_enc = _encoder(D, cfg.n_heads, cfg.sentence_layers, cfg.dropout)
@@ -203,21 +212,42 @@ class HVAE(nn.Module):
 
     # ------------------------------------------------------------------------------- encoder
 
-    def encode(self, input_ids: torch.Tensor, token_mask: torch.Tensor, sentence_mask: torch.Tensor) -> Posterior:
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        token_mask: torch.Tensor,
+        sentence_mask: torch.Tensor,
+        sentence_emb: torch.Tensor | None = None,
+    ) -> Posterior:
         """q(z_g|x) and q(z_i|x, z_g) evaluated at z_g = mu_g (the deterministic encoding)."""
-        mu_g, logvar_g, ctx = self.encode_context(input_ids, token_mask, sentence_mask)
+        mu_g, logvar_g, ctx = self.encode_context(input_ids, token_mask, sentence_mask, sentence_emb)
         return Posterior(mu_g, logvar_g, *self._local_posterior(ctx, mu_g))
 
-    def encode_context(self, input_ids: torch.Tensor, token_mask: torch.Tensor, sentence_mask: torch.Tensor):
-        """-> mu_g, logvar_g (B, L) and the contextual sentence vectors c_i (B, S, D)."""
+    def encode_context(
+        self,
+        input_ids: torch.Tensor,
+        token_mask: torch.Tensor,
+        sentence_mask: torch.Tensor,
+        sentence_emb: torch.Tensor | None = None,
+    ):
+        """-> mu_g, logvar_g (B, L) and the contextual sentence vectors c_i (B, S, D).
+
+        `sentence_emb` (B, S, Dp): the pretrained word level's sentence vectors, required when
+        hvae.word_encoder is not "scratch" (and then the token ids are not read).
+        """
         B, S, W = input_ids.shape
         real = sentence_mask.bool()  # (B, S)
-        tokens = input_ids[real]  # (N, W): only real sentences (an all-padding row would attend to nothing)
-        tmask = token_mask[real].bool()
-        x = self.tok_emb(tokens) + self.word_pos.weight[:W]
-        x = self.word_enc(x, src_key_padding_mask=~tmask)  # (N, W, D)
-        h_real = (x * tmask.unsqueeze(-1)).sum(1) / tmask.sum(1, keepdim=True).clamp(min=1)  # (N, D)
-        h = x.new_zeros(B, S, x.shape[-1]).masked_scatter(real.unsqueeze(-1), h_real)  # (B, S, D)
+        if self.pretrained_words:
+            if sentence_emb is None:
+                raise ValueError(f"hvae.word_encoder={self.cfg.word_encoder}: encode needs sentence_emb")
+            h = self.sent_in(sentence_emb.float()) * real.unsqueeze(-1)  # (B, S, D)
+        else:
+            tokens = input_ids[real]  # (N, W): only real sentences (an all-padding row would attend to nothing)
+            tmask = token_mask[real].bool()
+            x = self.tok_emb(tokens) + self.word_pos.weight[:W]
+            x = self.word_enc(x, src_key_padding_mask=~tmask)  # (N, W, D)
+            h_real = (x * tmask.unsqueeze(-1)).sum(1) / tmask.sum(1, keepdim=True).clamp(min=1)  # (N, D)
+            h = x.new_zeros(B, S, x.shape[-1]).masked_scatter(real.unsqueeze(-1), h_real)  # (B, S, D)
         seq = torch.cat([self.doc_token.expand(B, -1, -1), h], dim=1) + self.sent_pos.weight[: S + 1]
         pad = torch.cat([real.new_zeros(B, 1), ~real], dim=1)  # the DOC slot is always attended
         seq = self.enc_norm(self.sent_enc(seq, src_key_padding_mask=pad))  # (B, 1+S, D)
@@ -268,11 +298,12 @@ class HVAE(nn.Module):
         word_dropout_encoder: float = 0.0,
         word_dropout_decoder: float = 0.0,
         count_loss_weight: float = 1.0,
+        sentence_emb: torch.Tensor | None = None,
     ) -> HVAEOutput:
         B = input_ids.shape[0]
         input_ids, token_mask, sentence_mask = input_ids.long(), token_mask.long(), sentence_mask.long()
         enc_ids = self._word_dropout(input_ids, token_mask, word_dropout_encoder)
-        mu_g, logvar_g, ctx = self.encode_context(enc_ids, token_mask, sentence_mask)
+        mu_g, logvar_g, ctx = self.encode_context(enc_ids, token_mask, sentence_mask, sentence_emb)
         z_g = reparameterize(mu_g, logvar_g)  # (B, L)
         mu_l, logvar_l = self._local_posterior(ctx, z_g)
         z_l = reparameterize(mu_l, logvar_l)  # (B, S, L)
@@ -340,9 +371,11 @@ class HVAE(nn.Module):
         return [[next(flat) for _ in range(int(k))] for k in real.sum(1).tolist()]
 
     @torch.no_grad()
-    def reconstruct(self, input_ids, token_mask, sentence_mask, settings: DecodeSettings | None = None):
+    def reconstruct(
+        self, input_ids, token_mask, sentence_mask, settings: DecodeSettings | None = None, sentence_emb=None
+    ):
         """decode(posterior mean): the ceiling of everything downstream."""
-        post = self.encode(input_ids.long(), token_mask.long(), sentence_mask.long())
+        post = self.encode(input_ids.long(), token_mask.long(), sentence_mask.long(), sentence_emb)
         return self.decode(post.mu_g, post.mu_l, sentence_mask.long().sum(1), settings)
 
     # ------------------------------------------------------------------------------- persistence

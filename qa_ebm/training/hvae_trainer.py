@@ -16,6 +16,7 @@ the RNG state is checkpointed, so a resumed run replays the uninterrupted run's 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -109,6 +110,8 @@ def train_hvae(
     if len(train["ids"]) == 0:
         raise ConfigError(f"{data.root}: the train split has no answerable examples")
     tokenizer = load_tokenizer(data.tokenizer_dir)
+    if config.hvae.word_encoder != "scratch":  # frozen pretrained word level: embed every sentence once
+        spec = add_sentence_vectors(config.hvae.word_encoder, data, spec, answers, train)
 
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum)
     set_seed(tc.seed)
@@ -229,6 +232,20 @@ def train_hvae(
     return TrainResult(out=out, step=step, stopped=stopped, metrics=metrics)
 
 
+def add_sentence_vectors(name: str, data: ProcessedData, spec: TokenSpec, answers: dict, train: dict) -> TokenSpec:
+    """Put each split's sentence vectors (N, S, Dp) under "sentence_emb"; the spec learns their width."""
+    from qa_ebm.models.sentence_embedder import SentenceEmbedder
+
+    embedder = SentenceEmbedder(name)
+    for split, arrays in answers.items():
+        arrays["sentence_emb"] = embedder.embed_answers(data.answer_sentences(split), spec.max_sentences)
+    extra = []
+    if CONTEXT_SPLIT in data.dataset:
+        extra = [embedder.embed_answers(data.answer_sentences(CONTEXT_SPLIT), spec.max_sentences)]
+    train["sentence_emb"] = np.concatenate([answers["train"]["sentence_emb"], *extra])
+    return dataclasses.replace(spec, sentence_dim=embedder.dim)
+
+
 # --------------------------------------------------------------------------------------- batches
 
 
@@ -247,7 +264,7 @@ def batch_at(
     if accelerator is not None:
         rows = rows[accelerator.process_index :: accelerator.num_processes]
         device = accelerator.device
-    return {name: torch.from_numpy(arrays[name][rows]).to(device) for name in BATCH_KEYS}
+    return {name: torch.from_numpy(arrays[name][rows]).to(device) for name in batch_keys(arrays)}
 
 
 @functools.lru_cache(maxsize=2)
@@ -260,7 +277,19 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 def iter_batches(arrays: dict[str, Any], batch_size: int):
     n = len(arrays["ids"])
     for start in range(0, n, batch_size):
-        yield {name: torch.from_numpy(np.asarray(arrays[name][start : start + batch_size])) for name in BATCH_KEYS}
+        yield {
+            name: torch.from_numpy(np.asarray(arrays[name][start : start + batch_size])) for name in batch_keys(arrays)
+        }
+
+
+def batch_keys(arrays: dict[str, Any]) -> tuple[str, ...]:
+    """The model inputs a batch carries: the ids and masks, plus the sentence vectors of a pretrained word level."""
+    return (*BATCH_KEYS, "sentence_emb") if "sentence_emb" in arrays else BATCH_KEYS
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """A batch on `device` as the HVAE's keyword arguments: ids and masks as int64, sentence vectors as float."""
+    return {k: v.to(device).float() if k == "sentence_emb" else v.to(device).long() for k, v in batch.items()}
 
 
 # --------------------------------------------------------------------------------------- diagnostics
@@ -329,7 +358,7 @@ def reconstruction_report(
     sub = {k: v[:limit] for k, v in arrays.items()}
     exact, shown = 0, []
     for batch in iter_batches(sub, 32):
-        decoded = model.reconstruct(*(batch[k].to(device) for k in BATCH_KEYS))
+        decoded = model.reconstruct(**model_inputs(batch, device))
         for b, sentences in enumerate(decoded):
             gold = gold_sentences(batch, b)
             exact += sentences == gold
@@ -373,7 +402,7 @@ def export_latents(model: HVAE, answers: dict[str, dict[str, Any]], directory: P
             "sentence_mask": [],
         }
         for batch in iter_batches(arrays, batch_size):
-            post = model.encode(*(batch[k].to(device).long() for k in BATCH_KEYS))
+            post = model.encode(**model_inputs(batch, device))
             for name in ("mu_g", "logvar_g", "mu_l", "logvar_l"):
                 parts[name].append(getattr(post, name).float().cpu())
             parts["sentence_mask"].append(batch["sentence_mask"].to(torch.int8))

@@ -1,0 +1,137 @@
+"""Reading mode judged side by side: the proposal head alone, the energy's rankings, refine + snap at a
+range of step counts, generate mode, and a no-model baseline, all on the same questions.
+
+Rows (EM / F1 with the official SQuAD normalisation, against every gold answer):
+
+    proposal           the proposal head's best span (no energy, no latent): the bar to beat
+    energy             candidates ranked by E_theta(x, y) alone
+    rank               candidates ranked by E_total = E_theta - w * proposal score
+    refine@N           refine a latent N steps on E_theta, then snap to the lowest-E_total neighbour
+    generate           the refined latent decoded by the HVAE decoder (free text)
+    best_sentence      the passage sentence sharing the most words with the question (no model)
+
+Also: questions/s of each row's batched run, and the pipeline's share of time per stage.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from qa_ebm.io import write_json
+from qa_ebm.metrics.squad import normalize_answer, squad_scores
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def best_overlap_sentence(question: str, context: str) -> str:
+    """The passage sentence with the most (normalised) words in common with the question."""
+    words = set(normalize_answer(question).split())
+    sentences = [s for s in _SENTENCE_END.split(context) if s.strip()] or [context]
+    return max(sentences, key=lambda s: len(words & set(normalize_answer(s).split())))
+
+
+def evaluate_reading(
+    pipe: Any,
+    examples: Sequence[dict[str, Any]],
+    steps: Sequence[int] = (1, 2, 5, 10, 20),
+    batch_size: int = 32,
+    generate: bool = True,
+) -> dict[str, Any]:
+    """Every row on the same examples; returns {rows: [{row, exact_match, f1, count, seconds, per_second}]}."""
+    refs = {e["id"]: e["references"] for e in examples}
+    questions, contexts = [e["question"] for e in examples], [e["context"] for e in examples]
+    runs: list[tuple[str, dict[str, Any]]] = [("proposal", {"mode": "proposal"}), ("energy", {"mode": "energy"})]
+    runs.append(("rank", {"mode": "rank"}))
+    runs += [(f"refine@{n}", {"mode": "refine", "steps": n}) for n in steps]
+    if generate:
+        runs.append(("generate", {"mode": "generate", "steps": max(steps)}))
+    rows, shown = [], {}
+    for name, kwargs in runs:
+        t0 = time.perf_counter()
+        answers = pipe(questions, contexts, batch_size=batch_size, **kwargs)
+        seconds = time.perf_counter() - t0
+        preds = {e["id"]: a.text for e, a in zip(examples, answers, strict=True)}
+        scores = squad_scores(preds, refs)
+        used = [a.steps for a in answers]
+        rows.append(
+            {
+                "row": name,
+                "exact_match": scores["exact_match"],
+                "f1": scores["f1"],
+                "count": scores["count"],
+                "seconds": round(seconds, 2),
+                "per_second": round(len(examples) / max(seconds, 1e-9), 1),
+                "mean_steps": sum(used) / max(len(used), 1),
+            }
+        )
+        shown[name] = [{"question": q, "answer": a.text} for q, a in zip(questions[:3], answers[:3], strict=True)]
+    t0 = time.perf_counter()
+    preds = {e["id"]: best_overlap_sentence(e["question"], e["context"]) for e in examples}
+    scores = squad_scores(preds, refs)
+    seconds = time.perf_counter() - t0
+    rows.append(
+        {
+            "row": "best_sentence",
+            "exact_match": scores["exact_match"],
+            "f1": scores["f1"],
+            "count": scores["count"],
+            "seconds": round(seconds, 2),
+            "per_second": round(len(examples) / max(seconds, 1e-9), 1),
+            "mean_steps": 0.0,
+        }
+    )
+    return {"rows": rows, "examples": shown, "timings": dict(getattr(pipe, "timings", {}))}
+
+
+def markdown(result: dict[str, Any], title: str) -> str:
+    lines = [f"# {title}\n", "| row | EM | F1 | questions | questions/s | mean steps |", "| --- " * 6 + "|"]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['row']} | {r['exact_match']:.1f} | {r['f1']:.1f} | {r['count']} | {r['per_second']} | "
+            f"{r['mean_steps']:.1f} |"
+        )
+    timings = result.get("timings") or {}
+    total = sum(timings.values())
+    if total > 0:
+        shares = ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in timings.items())
+        lines += ["", f"Share of pipeline time: {shares}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_f1_vs_steps(result: dict[str, Any], path: Path) -> None:
+    """A PNG of F1 against refinement steps, with the proposal head and ranking as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {r["row"]: r for r in result["rows"]}
+    refine = sorted((int(k.split("@")[1]), r["f1"]) for k, r in rows.items() if k.startswith("refine@"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if refine:
+        ax.plot([s for s, _ in refine], [f for _, f in refine], marker="o", label="refine + snap")
+    for name, style in (("proposal", "--"), ("rank", ":"), ("energy", "-.")):
+        if name in rows:
+            ax.axhline(rows[name]["f1"], linestyle=style, color="grey", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("refinement steps")
+    ax.set_ylabel("F1")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_results(result: dict[str, Any], out: Path, title: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", result)
+    tmp = out / ".results.md.tmp"
+    tmp.write_text(markdown(result, title))
+    tmp.replace(out / "results.md")
+    plot_f1_vs_steps(result, out / "f1_vs_steps.png")

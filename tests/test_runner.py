@@ -1,0 +1,63 @@
+"""`pipeline run`: stages in order, each skipped when its config, inputs and upstream are unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from qa_ebm.pipeline.runner import load_spec, run_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "data.tokenizer.vocab_size=400",
+    "data.max_sentences=4",
+    "data.max_words=16",
+    "hvae.d_model=32",
+    "hvae.n_heads=2",
+    "hvae.word_layers=1",
+    "hvae.sentence_layers=1",
+    "hvae.latent_dim=8",
+    "hvae.decoder_layers=1",
+    "train_hvae.steps=2",
+    "train_hvae.warmup_steps=1",
+    "train_hvae.batch_size=16",
+    "train_hvae.num_samples=1",
+]
+
+
+def _spec(tmp_path, overrides):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "config": str(ROOT / "configs" / "tiny.yaml"),
+                "out": str(tmp_path / "out"),
+                "set": overrides,
+                "inputs": {"squad": str(ROOT / "data" / "squad_sample.json")},
+                "stages": ["preprocess", "train_hvae"],
+            }
+        )
+    )
+    return load_spec(path)
+
+
+def test_unchanged_stages_are_skipped_and_changes_rerun_downstream(tmp_path):
+    first = run_pipeline(_spec(tmp_path, SMALL), progress=False)
+    assert [r.status for r in first] == ["ran", "ran"]
+    assert (tmp_path / "out" / "hvae" / "latents" / "train.safetensors").is_file()
+    again = run_pipeline(_spec(tmp_path, SMALL), progress=False)
+    assert [r.status for r in again] == ["skipped", "skipped"]
+    changed = run_pipeline(_spec(tmp_path, [*SMALL, "train_hvae.lr=0.002"]), progress=False)
+    assert [r.status for r in changed] == ["skipped", "ran"]
+    upstream = run_pipeline(_spec(tmp_path, [*SMALL, "train_hvae.lr=0.002", "data.max_words=12"]), progress=False)
+    assert [r.status for r in upstream] == ["ran", "ran"]
+
+
+def test_command_line_inputs_replace_the_files(tmp_path):
+    spec = _spec(tmp_path, SMALL)
+    path = tmp_path / "p.yaml"
+    replaced = load_spec(path, inputs={"squad": "other.json", "physics": None}, out=str(tmp_path / "o2"))
+    assert replaced.inputs == {"squad": "other.json"} and replaced.out == tmp_path / "o2"
+    assert spec.stages == replaced.stages
