@@ -87,9 +87,7 @@ def single_context(args: argparse.Namespace) -> str:
         except UnicodeDecodeError as e:
             raise DataError(f"--context-file {path}: not UTF-8 text (byte {e.start})") from e
     if args.context is None:
-        raise DataError(
-            "this pipeline answers questions about a passage: give --context TEXT or --context-file FILE"
-        )
+        raise DataError("this pipeline answers questions about a passage: give --context TEXT or --context-file FILE")
     return args.context
 
 
