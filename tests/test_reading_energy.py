@@ -125,34 +125,52 @@ def _inputs(C: int = 4, seed: int = 0):
     y = torch.randn(C, 3, 4, generator=g)
     slot_mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=torch.bool)[:C]
     score = torch.randn(C, generator=g)
-    return states, mask, rows, y, slot_mask, score
+    span = torch.randn(C, 2, 32, generator=g)  # the window states at each candidate's first and last token
+    return states, mask, rows, y, slot_mask, score, span
 
 
 def test_total_energy_is_e_theta_minus_w_times_proposal_score_and_the_switch_drops_it():
     model = tiny_energy()
     with torch.no_grad():
         model.proposal_weight.fill_(0.7)
-    states, mask, rows, y, slot_mask, score = _inputs()
-    e = model(states[rows], mask[rows], y, slot_mask, score)
+    states, mask, rows, y, slot_mask, score, span = _inputs()
+    e = model(states[rows], mask[rows], y, slot_mask, score, span)
     torch.testing.assert_close(e.total, e.energy - 0.7 * score)
     plain = tiny_energy(use_proposal_score=False)
-    e2 = plain(states[rows], mask[rows], y, slot_mask, score)
+    e2 = plain(states[rows], mask[rows], y, slot_mask, score, span)
     torch.testing.assert_close(e2.total, e2.energy)
     torch.testing.assert_close(e2.energy, e.energy)  # same seed, same E_theta: only the second term differs
 
 
 def test_cached_condition_per_window_equals_reading_each_candidate_alone():
     model = tiny_energy()
-    states, mask, rows, y, slot_mask, score = _inputs()
-    cached = model.energies(model.condition(states, mask).select(rows), y, slot_mask, score)
+    states, mask, rows, y, slot_mask, score, span = _inputs()
+    cond = model.condition(states, mask)
+    cached = model.energies(model.candidate_condition(cond, rows, span), y, slot_mask, score)
     for c in range(len(rows)):
-        alone = model(
-            states[rows[c : c + 1]], mask[rows[c : c + 1]], y[c : c + 1], slot_mask[c : c + 1], score[c : c + 1]
-        )
-        torch.testing.assert_close(cached.total[c : c + 1], alone.total, atol=1e-5, rtol=1e-5)
+        one = slice(c, c + 1)
+        alone = model(states[rows[one]], mask[rows[one]], y[one], slot_mask[one], score[one], span[one])
+        torch.testing.assert_close(cached.total[one], alone.total, atol=1e-5, rtol=1e-5)
     # The energy depends on the window it reads: another window gives another energy.
-    other = model.energies(model.condition(states, mask).select(1 - rows), y, slot_mask, score)
+    other = model.energies(model.candidate_condition(cond, 1 - rows, span), y, slot_mask, score)
     assert not torch.allclose(other.energy, cached.energy)
+
+
+def test_the_span_anchor_is_part_of_the_condition_and_the_switch_removes_it():
+    states, mask, rows, y, slot_mask, score, span = _inputs()
+    model = tiny_energy()
+    moved = model(states[rows], mask[rows], y, slot_mask, score, span.flip(0))
+    here = model(states[rows], mask[rows], y, slot_mask, score, span)
+    assert not torch.allclose(moved.energy, here.energy)  # same text, another place: another energy
+    cond = model.candidate_condition(model.condition(states, mask), rows, span)
+    assert cond.anchor is not None and cond.anchor.shape == (len(rows), model.config.ebt.d_model)
+    torch.testing.assert_close(cond.select(torch.tensor([1])).anchor, cond.anchor[1:2])
+
+    plain = tiny_energy(span_states=False)
+    assert plain.anchor is None
+    a = plain(states[rows], mask[rows], y, slot_mask, score, span)
+    b = plain(states[rows], mask[rows], y, slot_mask, score, span.flip(0))
+    assert torch.equal(a.energy, b.energy)
 
 
 def test_save_load_round_trip_and_bad_directories(tmp_path):
@@ -163,8 +181,9 @@ def test_save_load_round_trip_and_bad_directories(tmp_path):
     model.save_pretrained(tmp_path / "e")
     loaded = SpanEnergy.from_pretrained(tmp_path / "e").eval()
     assert loaded.config == model.config and loaded.spec == model.spec
-    states, mask, rows, y, slot_mask, score = _inputs()
-    a, b = model(states[rows], mask[rows], y, slot_mask, score), loaded(states[rows], mask[rows], y, slot_mask, score)
+    states, mask, rows, y, slot_mask, score, span = _inputs()
+    a = model(states[rows], mask[rows], y, slot_mask, score, span)
+    b = loaded(states[rows], mask[rows], y, slot_mask, score, span)
     assert torch.equal(a.total, b.total) and torch.equal(loaded.ebt.latent_std, model.ebt.latent_std)
 
     with pytest.raises(CheckpointError, match=r"missing span_energy\.json"):
@@ -209,7 +228,10 @@ def test_a_span_in_two_windows_reads_the_one_where_it_is_most_central(head, toke
     assert locate(windows, enc, 0, s0, e0)[0] == first
     assert locate(windows, enc, 0, s1, e1)[0] == second
     # Its score is the best start+end logit over the windows holding it.
-    _, score = locate(windows, enc, 0, s0, e0)
+    where = locate(windows, enc, 0, s0, e0)
+    score = where.score
+    i, j = windows.token_span(where.window, s0, e0)
+    assert (where.token_start, where.token_end) == (i, j)
     both = [
         enc.start_logits[v, t[0]] + enc.end_logits[v, t[1]]
         for v in (first, second)
@@ -298,5 +320,6 @@ def test_rank_energies_batches_questions_as_scoring_each_alone(head, tokenizer):
                 it.y[k : k + 1],
                 it.slot_mask[k : k + 1],
                 torch.tensor([c.score]),
+                s[:, [c.token_start, c.token_end]],
             )
             torch.testing.assert_close(e.total[k : k + 1], alone.total, atol=1e-5, rtol=1e-5)

@@ -15,6 +15,7 @@ from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.models.answer_encoder import AnswerEncoder
 from qa_ebm.models.pretrained import packaged_model_dir
 from qa_ebm.pipeline import ReadingAnswer, ReadingPipeline
+from qa_ebm.reading.decision import expected_f1
 from qa_ebm.reading.energy import SpanEnergyConfig
 from qa_ebm.reading.proposal import ProposalConfig, SpanProposalHead, train_proposal_head
 from qa_ebm.training.reading_trainer import SpanTrainConfig, train_span_energy
@@ -121,7 +122,7 @@ def test_the_trained_energy_beats_the_proposal_head_alone(pipe):
 def test_span_modes_answer_verbatim_with_offsets_and_runners_up(pipe, mode):
     val = toy(6, 2) + toy(2, 3, filler=(40, 60))  # the last two need several windows
     questions, contexts = _inputs(val)
-    answers = pipe(questions, contexts, mode=mode, steps=4, top_n=3, batch_size=4)
+    answers = pipe(questions, contexts, mode=mode, steps=4, top_n=3, batch_size=4, decision="lowest")
     assert len(answers) == len(val) and all(isinstance(a, ReadingAnswer) for a in answers)
     for a, c in zip(answers, contexts, strict=True):
         assert c[a.start : a.end] == a.text and a.text
@@ -220,3 +221,16 @@ def test_timings_accumulate_per_stage(pipe):
     ranked = dict(pipe.timings)
     pipe(questions, contexts, mode="refine", steps=2)
     assert pipe.timings["refinement"] > 0 and pipe.timings["encoding"] > ranked["encoding"]
+
+
+def test_the_expected_f1_rule_answers_with_the_candidate_of_the_highest_expected_f1(pipe):
+    val = toy(6, 4)
+    questions, contexts = _inputs(val)
+    lowest = pipe(questions, contexts, mode="rank", top_n=20, decision="lowest")
+    voted = pipe(questions, contexts, mode="rank", top_n=20, decision="expected_f1", temperature=2.0)
+    for a, b in zip(lowest, voted, strict=True):
+        cands = [(a.text, a.energy)] + [(r["text"], r["energy"]) for r in a.runners_up]
+        texts, energies = [t for t, _ in cands], torch.tensor([e for _, e in cands])
+        assert b.text == texts[int(expected_f1(texts, energies, 2.0).argmax())]
+    with pytest.raises(ConfigError, match="unknown decision rule"):
+        pipe(questions, contexts, mode="rank", decision="vote")

@@ -126,6 +126,14 @@ def test_the_energy_learns_the_question_dependent_toy_task_the_proposal_head_can
     assert val["proposal"]["exact_match"] < 20
     assert val["rank"]["exact_match"] >= 90 and val["energy"]["exact_match"] >= 90
     assert {"recon", "contrast", "gold_grad", "ce", "acc", "w"} <= set(result.metrics["last"])
+    # The decision rule of the best val F1 is chosen and written into the model's config.
+    decision = val["decision"]
+    chosen = "lowest" if decision["rule"] == "lowest" else f"expected_f1@{decision['temperature']:g}"
+    assert decision["f1"][chosen] == max(decision["f1"].values())
+    assert (result.model.config.decision, result.model.config.temperature) == (
+        decision["rule"],
+        decision["temperature"],
+    )
     assert all(torch.equal(a, b) for a, b in zip(before, head.parameters(), strict=True))  # the head is frozen
     assert not result.model.training
 

@@ -61,3 +61,18 @@ def test_command_line_inputs_replace_the_files(tmp_path):
     replaced = load_spec(path, inputs={"squad": "other.json", "physics": None}, out=str(tmp_path / "o2"))
     assert replaced.inputs == {"squad": "other.json"} and replaced.out == tmp_path / "o2"
     assert spec.stages == replaced.stages
+
+
+def test_the_proposal_key_ignores_the_energy_settings_but_the_energy_key_does_not(tmp_path):
+    from qa_ebm.config import load_config
+    from qa_ebm.pipeline.runner import Context, stage_key
+
+    def keys(overrides):
+        spec = _spec(tmp_path, [*SMALL, *overrides])
+        ctx = Context(spec=spec, config=load_config(spec.config, spec.overrides), progress=False)
+        return stage_key(ctx, "proposal"), stage_key(ctx, "span_energy")
+
+    base = keys([])
+    more_energy = keys(["reading.energy_max_questions=5", "reading.energy_max_seconds=9"])
+    assert more_energy[0] == base[0] and more_energy[1] != base[1]
+    assert keys(["reading.proposal_lr=0.001"])[0] != base[0]

@@ -32,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=MODES, default="extract")
     p.add_argument("--steps", type=int, default=0, help="refinement steps before snapping (0: rank candidates)")
     p.add_argument("--rank-by", choices=["total", "energy"], default="total", help="E_total or E_theta alone")
+    p.add_argument(
+        "--decision",
+        choices=["lowest", "expected_f1"],
+        help="pick the lowest energy, or the highest expected F1 under softmax(-E/T) (default: the pipeline's)",
+    )
+    p.add_argument("--temperature", type=float, help="T of --decision expected_f1 (default: the pipeline's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -103,7 +109,13 @@ def run(args: argparse.Namespace) -> int:
 
     pipe = ReadingPipeline.from_pretrained(args.pipeline)
     answers = pipe(
-        [r["question"] for r in rows], [r["context"] for r in rows], mode=mode, steps=steps, batch_size=args.batch_size
+        [r["question"] for r in rows],
+        [r["context"] for r in rows],
+        mode=mode,
+        steps=steps,
+        batch_size=args.batch_size,
+        decision=args.decision,
+        temperature=args.temperature,
     )
     records = [{"id": r["id"], **answer_record(a.to_dict())} for r, a in zip(rows, answers, strict=True)]
     if args.input is not None:

@@ -6,7 +6,8 @@ D latent width, M soft tokens per slot, d model width.
 Condition   c^0 = In(x) + Pos                 In = Embedding over the dataset tokenizer ("learned"), or
                                               Linear over a frozen pretrained encoder's token states
             c^{l+1} = Block_l(c^l | keys c^l)  the condition attends only to itself ...
-Soft tokens s^0_p = LN(GELU(Linear(y_p))) + Slot_p + Land_k            M tokens for each slot p
+Soft tokens s^0_p = LN(GELU(Linear(y_p))) + Slot_p + Land_k (+ a)      M tokens for each slot p; a: an
+                                                                         optional per-row anchor of the condition
             s^{l+1} = Block_l(s^l | keys [c^l; s^l])                    ... while the latent reads it
 Energy      E(x, y, k) = w2 . tanh(W1 mean_{real soft tokens} LN(s^L)) + b2
 
@@ -62,10 +63,14 @@ class Condition:
     keys: list[torch.Tensor]  # n_layers x (B, H, L, d/H)
     values: list[torch.Tensor]
     mask: torch.Tensor  # (B, L) bool, True at real tokens
+    # (B, d) or None: added to every soft token. Reading mode puts the candidate span's place in the passage
+    # here, so that it is part of what the energy is conditioned on (and refinement never moves it).
+    anchor: torch.Tensor | None = None
 
     def select(self, rows: torch.Tensor) -> Condition:
         """The conditions of these rows (LongTensor (N,)), e.g. each candidate's own passage window."""
-        return Condition([k[rows] for k in self.keys], [v[rows] for v in self.values], self.mask[rows])
+        anchor = None if self.anchor is None else self.anchor[rows]
+        return Condition([k[rows] for k in self.keys], [v[rows] for v in self.values], self.mask[rows], anchor)
 
     def repeat_interleave(self, n: int) -> Condition:
         """Each question n times in a row: for n candidate latents per question (best-of-N, reading mode)."""
@@ -73,7 +78,12 @@ class Condition:
             [k.repeat_interleave(n, 0) for k in self.keys],
             [v.repeat_interleave(n, 0) for v in self.values],
             self.mask.repeat_interleave(n, 0),
+            None if self.anchor is None else self.anchor.repeat_interleave(n, 0),
         )
+
+    def with_anchor(self, anchor: torch.Tensor) -> Condition:
+        """The same keys and values with a per-row anchor (B, d) added to the soft tokens."""
+        return Condition(self.keys, self.values, self.mask, anchor)
 
 
 # --------------------------------------------------------------------------------------- blocks
@@ -291,7 +301,10 @@ class EnergyTransformer(LatentModel):
     ) -> torch.Tensor:
         """E for latents y (B, P, D) given the cached condition of the same B questions -> (B,)."""
         mask = self.token_mask(slot_mask)
-        s = self.backbone.soft_stream(self.soft_tokens(y, k), mask, cond)  # (B, P*M, d)
+        s = self.soft_tokens(y, k)
+        if cond.anchor is not None:
+            s = s + cond.anchor[:, None, :].to(s.dtype)
+        s = self.backbone.soft_stream(s, mask, cond)  # (B, P*M, d)
         return self.head(_masked_mean(s, mask)).squeeze(-1)
 
     def forward(

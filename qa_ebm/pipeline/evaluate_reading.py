@@ -4,8 +4,9 @@ range of step counts, generate mode, and a no-model baseline, all on the same qu
 Rows (EM / F1 with the official SQuAD normalisation, against every gold answer):
 
     proposal           the proposal head's best span (no energy, no latent): the bar to beat
-    energy             candidates ranked by E_theta(x, y) alone
-    rank               candidates ranked by E_total = E_theta - w * proposal score
+    energy             the lowest E_theta(x, y) alone
+    rank               the lowest E_total = E_theta - w * proposal score
+    expected_f1        the highest expected F1 under softmax(-E_total / T), T the energy's (chosen on val)
     refine@N           refine a latent N steps on E_theta, then snap to the lowest-E_total neighbour
     generate           the refined latent decoded by the HVAE decoder (free text)
     best_sentence      the passage sentence sharing the most words with the question (no model)
@@ -44,8 +45,10 @@ def evaluate_reading(
     """Every row on the same examples; returns {rows: [{row, exact_match, f1, count, seconds, per_second}]}."""
     refs = {e["id"]: e["references"] for e in examples}
     questions, contexts = [e["question"] for e in examples], [e["context"] for e in examples]
-    runs: list[tuple[str, dict[str, Any]]] = [("proposal", {"mode": "proposal"}), ("energy", {"mode": "energy"})]
-    runs.append(("rank", {"mode": "rank"}))
+    lowest = {"decision": "lowest"}
+    runs: list[tuple[str, dict[str, Any]]] = [("proposal", {"mode": "proposal"})]
+    runs += [("energy", {"mode": "energy", **lowest}), ("rank", {"mode": "rank", **lowest})]
+    runs.append(("expected_f1", {"mode": "rank", "decision": "expected_f1"}))
     runs += [(f"refine@{n}", {"mode": "refine", "steps": n}) for n in steps]
     if generate:
         runs.append(("generate", {"mode": "generate", "steps": max(steps)}))
@@ -84,7 +87,13 @@ def evaluate_reading(
             "mean_steps": 0.0,
         }
     )
-    return {"rows": rows, "examples": shown, "timings": dict(getattr(pipe, "timings", {}))}
+    cfg = pipe.energy.config
+    return {
+        "rows": rows,
+        "examples": shown,
+        "timings": dict(getattr(pipe, "timings", {})),
+        "decision": {"rule": cfg.decision, "temperature": cfg.temperature},  # what `answer` uses by default
+    }
 
 
 def markdown(result: dict[str, Any], title: str) -> str:
@@ -94,6 +103,9 @@ def markdown(result: dict[str, Any], title: str) -> str:
             f"| {r['row']} | {r['exact_match']:.1f} | {r['f1']:.1f} | {r['count']} | {r['per_second']} | "
             f"{r['mean_steps']:.1f} |"
         )
+    decision = result.get("decision")
+    if decision:
+        lines += ["", f"Default decision rule (chosen on val): {decision['rule']}, T = {decision['temperature']:g}"]
     timings = result.get("timings") or {}
     total = sum(timings.values())
     if total > 0:
@@ -114,7 +126,7 @@ def plot_f1_vs_steps(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     if refine:
         ax.plot([s for s, _ in refine], [f for _, f in refine], marker="o", label="refine + snap")
-    for name, style in (("proposal", "--"), ("rank", ":"), ("energy", "-.")):
+    for name, style in (("proposal", "--"), ("rank", ":"), ("expected_f1", (0, (5, 1))), ("energy", "-.")):
         if name in rows:
             ax.axhline(rows[name]["f1"], linestyle=style, color="grey", label=name)
     ax.set_xscale("log")

@@ -14,12 +14,14 @@ SpanEnergy, and the sampler (a config: swapping it never touches a model). For e
 Modes of ``__call__`` (the ``energy`` field of an answer is what the mode ranks by; lower is better):
 
     proposal   the proposal head alone: best s_i + e_j (energy = -score)
-    energy     the candidate with the lowest E_theta(x, y_span)
-    rank       the candidate with the lowest E_total = E_theta - w * s_proposal
+    energy     the candidate chosen by E_theta(x, y_span)
+    rank       the candidate chosen by E_total = E_theta - w * s_proposal
     refine     y <- sampler(E_theta, y0) for `steps` steps; snap: among the m candidates nearest to y
                (L2 in the standardised latent space) the lowest E_total (energy = that E_total)
     generate   the refined latent decoded by the HVAE decoder (start / end None; energy = E_theta(y))
 
+"Chosen by" is the decision rule (``qa_ebm.reading.decision``): the lowest energy, or the highest expected F1
+under softmax(-E / T); the span energy's config carries the rule chosen on val, and a call can override it.
 Span modes answer verbatim: ``context[start:end] == text``. Seconds per stage accumulate in ``timings``
 across calls (``reset_timings()`` clears them), so a benchmark can report each stage's share.
 
@@ -46,6 +48,7 @@ import torch
 from qa_ebm.energy.samplers import build_sampler
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.models.answer_encoder import AnswerEncoder
+from qa_ebm.reading.decision import check_rule, decide
 from qa_ebm.reading.energy import (
     Candidate,
     SpanEnergy,
@@ -185,10 +188,13 @@ class ReadingPipeline:
         batch_size: int = 32,
         top_n: int = 3,
         init: str = "proposal",
+        decision: str | None = None,
+        temperature: float | None = None,
     ) -> list[ReadingAnswer]:
         """One answer per (question, passage); `top_n` - 1 runners-up each. `steps` (refine / generate): the
         sampler's step cap for this call (None: its configured cap). `init`: refinement starts from the best
         proposal's latent ("proposal") or from N(0, I) noise ("noise", seeded with ``self.seed``).
+        `decision` / `temperature` (energy and rank modes): the decision rule, None for the energy config's.
 
         Raises DataError for a non-string question and for an empty, whitespace-only or binary passage,
         naming the question's index.
@@ -203,6 +209,9 @@ class ReadingPipeline:
             raise ConfigError(
                 f"reading pipeline: need steps >= 0, batch_size >= 1, top_n >= 1 (got {steps}, {batch_size}, {top_n})"
             )
+        cfg = self.energy.config
+        rule = (cfg.decision if decision is None else decision, cfg.temperature if temperature is None else temperature)
+        check_rule(*rule)
         if len(questions) != len(contexts):
             raise DataError(f"{len(questions)} questions but {len(contexts)} passages")
         for i, (q, c) in enumerate(zip(questions, contexts, strict=True)):
@@ -215,7 +224,16 @@ class ReadingPipeline:
             for lo in range(0, len(questions), batch_size):
                 hi = lo + batch_size
                 answers += self._answer(
-                    list(questions[lo:hi]), list(contexts[lo:hi]), lo, mode, steps, batch_size, top_n, init, generator
+                    list(questions[lo:hi]),
+                    list(contexts[lo:hi]),
+                    lo,
+                    mode,
+                    steps,
+                    batch_size,
+                    top_n,
+                    init,
+                    rule,
+                    generator,
                 )
         return answers
 
@@ -229,6 +247,7 @@ class ReadingPipeline:
         batch_size: int,
         top_n: int,
         init: str,
+        rule: tuple[str, float],
         generator: torch.Generator,
     ) -> list[ReadingAnswer]:
         cfg = self.energy.config
@@ -250,26 +269,26 @@ class ReadingPipeline:
                 raise DataError(f"question {offset + b}: the passage has no candidate span")
         if mode == "proposal":
             self._tick("candidates", t)
-            return [_ranked(cs, [-c.score for c in cs], top_n) for cs in cands]
+            return [_ranked(cs, torch.tensor([-c.score for c in cs]), top_n) for cs in cands]
         items = attach_latents(self.answer_encoder, self.energy, cands)
         t = self._tick("candidates", t)
 
         inputs = collate_candidates(items, enc.states, self.device)
         cond = self.energy.condition(inputs.states, inputs.state_mask)  # each window's keys/values, once
-        e = self.energy.energies(cond.select(inputs.rows), inputs.y, inputs.slot_mask, inputs.score)
+        cond = self.energy.candidate_condition(cond, inputs.rows, inputs.span_states)  # one row per candidate
+        e = self.energy.energies(cond, inputs.y, inputs.slot_mask, inputs.score)
         ptr = inputs.ptr.tolist()
         e_theta = [e.energy[ptr[b] : ptr[b + 1]].cpu() for b in range(len(cands))]
         e_total = [e.total[ptr[b] : ptr[b + 1]].cpu() for b in range(len(cands))]
         t = self._tick("energy", t)
-        if mode == "energy":
-            return [_ranked(cs, en.tolist(), top_n) for cs, en in zip(cands, e_theta, strict=True)]
-        if mode == "rank":
-            return [_ranked(cs, en.tolist(), top_n) for cs, en in zip(cands, e_total, strict=True)]
+        if mode in ("energy", "rank"):
+            chosen = e_theta if mode == "energy" else e_total
+            return [_ranked(cs, en, top_n, *rule) for cs, en in zip(cands, chosen, strict=True)]
 
         # Refinement on E_theta from the best proposal's latent (candidates are sorted by proposal score, so
         # it is each question's first row), reading that candidate's window through the cached condition.
         best = inputs.ptr[:-1]  # (B,)
-        cond_best = cond.select(inputs.rows[best])
+        cond_best = cond.select(best)
         mask = inputs.slot_mask[best]  # (B, P): noise starts get the best proposal's sentence count too
         y0 = inputs.y[best]
         if init == "noise":
@@ -296,7 +315,7 @@ class ReadingPipeline:
             # Snap: the m candidates nearest the refined latent, then the lowest E_total among them.
             dist = (inputs.y[ptr[b] : ptr[b + 1]] - y[b]).pow(2).sum((1, 2)).cpu()  # (n,)
             near = dist.topk(min(cfg.snap_neighbours, len(cs)), largest=False).indices.tolist()
-            answer = _ranked([cs[k] for k in near], [float(e_total[b][k]) for k in near], top_n)
+            answer = _ranked([cs[k] for k in near], e_total[b][near], top_n)
             answer.steps = int(used[b])
             answers.append(answer)
         self._tick("refinement", t)
@@ -387,9 +406,11 @@ class ReadingPipeline:
         )
 
 
-def _ranked(cands: Sequence[Candidate], energies: Sequence[float], top_n: int) -> ReadingAnswer:
-    """The lowest-energy candidate as the answer, the next `top_n` - 1 as runners-up."""
-    order = sorted(range(len(cands)), key=lambda k: energies[k])  # stable: ties keep proposal order
+def _ranked(
+    cands: Sequence[Candidate], energies: torch.Tensor, top_n: int, rule: str = "lowest", temperature: float = 1.0
+) -> ReadingAnswer:
+    """The candidate the decision rule puts first as the answer, the next `top_n` - 1 as runners-up."""
+    order = decide([c.text for c in cands], energies, rule, temperature)  # stable: ties keep proposal order
     best = cands[order[0]]
     runners = [
         {"text": cands[k].text, "start": cands[k].start, "end": cands[k].end, "energy": float(energies[k])}

@@ -10,8 +10,9 @@ A pipeline file names a config, overrides, inputs and the stages to run:
     stages: [preprocess, train_hvae, proposal, span_energy, export, evaluate]
 
 Each stage writes one directory under `out` (data/, hvae/, proposal/, energy/, pipeline/, eval/) through the
-same library functions the single commands call, and a `stage.json` there with its key: a hash of the
-config sections it reads, its inputs' content hashes and the keys of the stages it builds on. A stage
+same library functions the single commands call, and a `stage.json` there with its key (a hash of the
+config sections it reads, its inputs' content hashes and the keys of the stages it builds on), the seconds
+it took and its summary. A stage
 whose key is unchanged and whose output is complete is skipped, so rerunning after a change redoes
 only the stages downstream of it.
 """
@@ -246,12 +247,25 @@ OUT_DIRS = {
     "export": "pipeline",
     "evaluate": "eval",
 }
-# stage -> (function, config sections it reads, stages it builds on)
-STAGES: dict[str, tuple[Callable[[Context], dict[str, Any]], tuple[str, ...], tuple[str, ...]]] = {
+# The reading fields the proposal stage reads: the energy's settings change without retraining the head.
+PROPOSAL_FIELDS = (
+    "encoder",
+    "max_length",
+    "stride",
+    "max_answer_tokens",
+    "proposal_max_seconds",
+    "proposal_batch_size",
+    "proposal_lr",
+    "proposal_epochs",
+    "seed",
+)
+# stage -> (function, config sections it reads (a name, or (name, fields) for part of one), stages it builds on)
+Sections = tuple[str | tuple[str, tuple[str, ...]], ...]
+STAGES: dict[str, tuple[Callable[[Context], dict[str, Any]], Sections, tuple[str, ...]]] = {
     "preprocess": (_stage_preprocess, ("data",), ()),
     "train_hvae": (_stage_train_hvae, ("hvae", "train_hvae"), ("preprocess",)),
     "train_ebt": (_stage_train_ebt, ("ebt", "train_ebt"), ("train_hvae",)),
-    "proposal": (_stage_proposal, ("reading",), ("preprocess",)),
+    "proposal": (_stage_proposal, (("reading", PROPOSAL_FIELDS),), ("preprocess",)),
     "span_energy": (_stage_span_energy, ("ebt", "reading"), ("train_hvae", "proposal")),
     "export": (_stage_export, (), ("train_hvae", "proposal", "span_energy")),
     "evaluate": (_stage_evaluate, (), ("export",)),
@@ -261,7 +275,14 @@ STAGES: dict[str, tuple[Callable[[Context], dict[str, Any]], tuple[str, ...], tu
 def stage_key(ctx: Context, stage: str) -> str:
     _, sections, upstream = STAGES[stage]
     config = ctx.config.to_dict()
-    parts: dict[str, Any] = {"stage": stage, "config": {s: config[s] for s in sections}}
+    read: dict[str, Any] = {}
+    for section in sections:
+        if isinstance(section, str):
+            read[section] = config[section]
+        else:
+            name, fields = section
+            read[name] = {f: config[name][f] for f in fields}
+    parts: dict[str, Any] = {"stage": stage, "config": read}
     parts["upstream"] = {u: ctx.keys.get(u, "") for u in upstream}
     if stage == "preprocess":
         parts["inputs"] = {k: _input_fingerprint(v) for k, v in sorted(ctx.spec.inputs.items())}
@@ -291,8 +312,9 @@ def run_pipeline(spec: PipelineSpec, force: bool = False, progress: bool = True,
             report = StageReport(stage, "skipped", 0.0, out, recorded.get("summary", {}))
         else:
             summary = STAGES[stage][0](ctx)
-            write_json(out / STAGE_FILE, {"stage": stage, "key": key, "summary": summary})
-            report = StageReport(stage, "ran", time.perf_counter() - t0, out, summary)
+            seconds = time.perf_counter() - t0
+            write_json(out / STAGE_FILE, {"stage": stage, "key": key, "seconds": seconds, "summary": summary})
+            report = StageReport(stage, "ran", seconds, out, summary)
         ctx.keys[stage] = key
         reports.append(report)
         if on_stage is not None:

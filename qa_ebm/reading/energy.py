@@ -11,6 +11,14 @@ refinement step. A candidate's total energy is a product of experts with the pro
 with w a learned scalar (init 1.0); ``use_proposal_score=False`` drops the second term (E_total = E_theta).
 Lower is better, so the energy only has to learn where the proposal head is wrong.
 
+The span's place in the passage is part of the condition (``span_states=True``): the anchor
+
+    a(span) = Linear(LN([h_i; h_j]))       h_i, h_j: the window's encoder states at the span's first and last token
+
+is added to every soft token (``Condition.anchor``). Without it E_theta sees what a span says but not where
+it stands, and cannot tell apart two candidates with similar text (two dates of one passage). Refinement moves
+the latent only; the anchor stays the one of the candidate it started from.
+
 Window of a candidate: a span may lie in several overlapping windows; it reads the one where it is most
 central (the largest distance, in tokens, from the span to the nearer end of the window's passage piece; ties
 go to the earlier window), as Hugging Face's ``run_qa.py`` picks a token's "max context" window. Its proposal
@@ -42,6 +50,7 @@ from qa_ebm.errors import CheckpointError, ConfigError
 from qa_ebm.metrics.squad import normalize_answer
 from qa_ebm.models.ebt import Condition, EBTSpec, EnergyTransformer
 from qa_ebm.models.weights import load_module, save_module
+from qa_ebm.reading.decision import check_rule
 from qa_ebm.reading.proposal import SpanProposalHead, top_k_spans
 from qa_ebm.reading.spans import Span, candidate_spans, gold_span_index, word_offsets
 from qa_ebm.reading.windows import Windows
@@ -51,7 +60,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "span_energy.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "qa-ebm/span-energy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the span anchor (span_states)
 
 # A latent encoder: texts -> (raw HVAE latents (N, P, D), slot mask (N, P)); AnswerEncoder is one.
 LatentEncoder = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
@@ -77,6 +86,10 @@ class SpanEnergyConfig:
     max_answer_tokens: int = 30  # longest proposed span, in encoder tokens (also the hard negatives' words)
     snap_neighbours: int = 5  # m: a refined latent snaps to the lowest E_total of its m nearest candidates
     use_proposal_score: bool = True  # E_total = E_theta - w * s_proposal; False: E_total = E_theta
+    span_states: bool = True  # the anchor a(span) from the span's first and last token states joins the condition
+    # How an answer is chosen from E_total (``qa_ebm.reading.decision``): set on val after training.
+    decision: str = "lowest"  # "lowest" | "expected_f1"
+    temperature: float = 1.0  # T of p(c | x) = softmax(-E_total / T), for "expected_f1"
     proposal_weight_init: float = 1.0  # w at initialisation
 
     def validate(self) -> None:
@@ -86,6 +99,7 @@ class SpanEnergyConfig:
                 raise ConfigError(f"span energy: {name} must be >= 1, got {getattr(self, name)}")
         if not math.isfinite(self.proposal_weight_init):
             raise ConfigError(f"span energy: proposal_weight_init must be finite, got {self.proposal_weight_init}")
+        check_rule(self.decision, self.temperature)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,11 +131,23 @@ class SpanEnergy(nn.Module):
         self.config, self.spec = config, spec
         self.ebt = EnergyTransformer(config.ebt, spec)
         self.proposal_weight = nn.Parameter(torch.tensor(float(config.proposal_weight_init)))  # w
+        dc = spec.condition_dim
+        self.anchor = (
+            nn.Sequential(nn.LayerNorm(2 * dc), nn.Linear(2 * dc, config.ebt.d_model)) if config.span_states else None
+        )
 
     def condition(self, states: torch.Tensor, mask: torch.Tensor) -> Condition:
         """Window states (U, T, Dc) (the fp16 cache is cast to the model's dtype) and mask (U, T) -> cached keys."""
         dtype = self.proposal_weight.dtype
         return self.ebt.condition(states.to(dtype), mask)
+
+    def candidate_condition(self, cond: Condition, rows: torch.Tensor, span_states: torch.Tensor) -> Condition:
+        """Each candidate's condition: its window's row of `cond` (rows (C,)), anchored at its span when
+        ``span_states`` is on; span_states (C, 2, Dc) are the window states at the span's first and last token."""
+        cond = cond.select(rows)
+        if self.anchor is None:
+            return cond
+        return cond.with_anchor(self.anchor(span_states.flatten(1).to(self.proposal_weight.dtype)))
 
     def energies(
         self, cond: Condition, y: torch.Tensor, slot_mask: torch.Tensor, proposal_score: torch.Tensor
@@ -139,9 +165,12 @@ class SpanEnergy(nn.Module):
         y: torch.Tensor,
         slot_mask: torch.Tensor,
         proposal_score: torch.Tensor,
+        span_states: torch.Tensor,
     ) -> SpanEnergies:
         """Uncached: one window (row of `states`) per candidate."""
-        return self.energies(self.condition(states, mask), y, slot_mask, proposal_score)
+        rows = torch.arange(len(states), device=states.device)
+        cond = self.candidate_condition(self.condition(states, mask), rows, span_states)
+        return self.energies(cond, y, slot_mask, proposal_score)
 
     # ---------------------------------------------------------------------------------- persistence
 
@@ -250,11 +279,22 @@ class Candidate:
     text: str
     window: int
     score: float  # s_proposal: the best s_i + e_j over the windows holding the span
+    token_start: int  # the span's first and last token in `window`
+    token_end: int
 
 
-def locate(windows: Windows, enc: WindowEncoding, example: int, start: int, end: int) -> tuple[int, float] | None:
-    """(the window where the span is most central, its best proposal score), or None when no window holds it."""
-    best_w, best_central, best_score = -1, -1, -math.inf
+class Location(NamedTuple):
+    """Where a span is read: its most central window, its first and last token there, its best proposal score."""
+
+    window: int
+    score: float
+    token_start: int
+    token_end: int
+
+
+def locate(windows: Windows, enc: WindowEncoding, example: int, start: int, end: int) -> Location | None:
+    """Where the span is read (see :class:`Location`), or None when no window holds it."""
+    best_w, best_central, best_score, best_tokens = -1, -1, -math.inf, (0, 0)
     for w in windows.windows_of(example):
         tokens = windows.token_span(w, start, end)
         if tokens is None:
@@ -265,8 +305,8 @@ def locate(windows: Windows, enc: WindowEncoding, example: int, start: int, end:
         passage = windows.passage_mask(w).nonzero()[0]
         central = min(i - int(passage[0]), int(passage[-1]) - j)
         if central > best_central:  # strict: ties keep the earlier window
-            best_w, best_central = w, central
-    return None if best_w < 0 else (best_w, best_score)
+            best_w, best_central, best_tokens = w, central, (i, j)
+    return None if best_w < 0 else Location(best_w, best_score, *best_tokens)
 
 
 def propose_candidates(
@@ -280,7 +320,7 @@ def propose_candidates(
         for p in ps:
             where = locate(windows, enc, b, p.start, p.end)
             if where is not None:  # always, for a span top_k_spans found in a window
-                cands.append(Candidate(p.start, p.end, p.text, where[0], where[1]))
+                cands.append(Candidate(p.start, p.end, p.text, *where))
         out.append(sorted(cands, key=lambda c: -c.score))
     return out
 
@@ -485,6 +525,7 @@ class CandidateInputs:
     slot_mask: torch.Tensor  # (C, P)
     score: torch.Tensor  # (C,) proposal scores
     sizes: torch.Tensor  # (B,) candidates per question
+    span_states: torch.Tensor  # (C, 2, Dc) window states at each candidate's first and last token
 
     @property
     def ptr(self) -> torch.Tensor:
@@ -510,16 +551,20 @@ def collate_candidates(
         mask[k, : len(p)] = True
     cands = [c for it in items for c in it.candidates]
     P, D = (items[0].y.shape[1], items[0].y.shape[2]) if items else (1, 1)
+    rows = torch.tensor([row[c.window] for c in cands], dtype=torch.long)
+    tokens = torch.tensor([(c.token_start, c.token_end) for c in cands], dtype=torch.long).view(-1, 2)
+    span_states = padded[rows[:, None], tokens]  # (C, 2, Dc)
     return CandidateInputs(
         states=padded.to(device),
         state_mask=mask.to(device),
-        rows=torch.tensor([row[c.window] for c in cands], dtype=torch.long, device=device),
+        rows=rows.to(device),
         y=torch.cat([it.y for it in items]).to(device) if cands else torch.zeros(0, P, D, device=device),
         slot_mask=torch.cat([it.slot_mask for it in items]).to(device)
         if cands
         else torch.zeros(0, P, dtype=torch.bool, device=device),
         score=torch.tensor([c.score for c in cands], dtype=torch.float32, device=device),
         sizes=torch.tensor([len(it) for it in items], dtype=torch.long, device=device),
+        span_states=span_states.to(device),
     )
 
 
@@ -549,7 +594,8 @@ def rank_energies(
         if len(inputs.rows) == 0:
             out += [SpanEnergies(torch.zeros(0), torch.zeros(0)) for _ in chunk]
             continue
-        cond = model.condition(inputs.states, inputs.state_mask).select(inputs.rows)
+        cond = model.condition(inputs.states, inputs.state_mask)
+        cond = model.candidate_condition(cond, inputs.rows, inputs.span_states)
         e = model.energies(cond, inputs.y, inputs.slot_mask, inputs.score)
         sizes = inputs.sizes.tolist()
         for a, b in zip(e.energy.split(sizes), e.total.split(sizes), strict=True):
@@ -560,6 +606,7 @@ def rank_energies(
 __all__ = [
     "Candidate",
     "CandidateInputs",
+    "Location",
     "QuestionCandidates",
     "SpanEnergies",
     "SpanEnergy",

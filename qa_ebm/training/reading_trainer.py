@@ -21,7 +21,9 @@ generators seeded with ``seed``, so a run stopped by ``steps`` is bit-reproducib
 ``max_seconds`` stops where the clock says (its lr schedule is cut short, not compressed).
 
 At the end the val questions are answered three ways from the same candidates (the top K proposals only, no
-gold added): the proposal head alone, E_theta alone and E_total; their SQuAD EM/F1 are in ``metrics``.
+gold added): the proposal head alone, E_theta alone and E_total; their SQuAD EM/F1 are in ``metrics``. The
+decision rule over E_total (lowest, or expected F1 at a temperature: ``qa_ebm.reading.decision``) of the best
+val F1 is written into the model's config, so the exported pipeline answers with it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from qa_ebm.errors import ConfigError, DataError
 from qa_ebm.metrics.squad import exact_match, squad_scores
 from qa_ebm.models.answer_encoder import AnswerEncoder
 from qa_ebm.models.ebt import EBTSpec, energy_gradient
+from qa_ebm.reading.decision import calibrate
 from qa_ebm.reading.energy import (
     LatentEncoder,
     QuestionCandidates,
@@ -217,14 +220,15 @@ def _step_loss(
     device = model.proposal_weight.device
     inputs = collate_candidates(batch, states.states, device)
     cond = model.condition(inputs.states, inputs.state_mask)  # once per window, for every candidate
-    e = model.energies(cond.select(inputs.rows), inputs.y, inputs.slot_mask, inputs.score)  # (C,)
+    cond = model.candidate_condition(cond, inputs.rows, inputs.span_states)  # one row per candidate
+    e = model.energies(cond, inputs.y, inputs.slot_mask, inputs.score)  # (C,)
     logits, _ = pad_per_question(-e.total, inputs.sizes, fill=float("-inf"))  # (B, Cmax)
     gold = torch.tensor([it.gold for it in batch], dtype=torch.long, device=device)
     ce = F.cross_entropy(logits, gold)
     loss, parts = ce, {"ce": ce.item(), "acc": (logits.argmax(1) == gold).float().mean().item()}
 
     rows = inputs.ptr[:-1] + gold  # (B,) the gold candidates
-    cond_gold = cond.select(inputs.rows[rows])
+    cond_gold = cond.select(rows)
     y_gold, mask_gold = inputs.y[rows], inputs.slot_mask[rows]
     if tc.mcmc_coeff > 0:
         y0 = torch.randn(y_gold.shape, generator=gen).to(device)
@@ -243,7 +247,8 @@ def _step_loss(
 def evaluate_rankings(
     model: SpanEnergy, prepared: PreparedQuestions, references: Sequence[Sequence[str]], batch_size: int = 32
 ) -> dict[str, Any]:
-    """SQuAD EM/F1 of the best candidate by proposal score, by E_theta and by E_total; recall@K of the candidates."""
+    """SQuAD EM/F1 of the best candidate by proposal score, by E_theta and by E_total; recall@K of the candidates;
+    and under ``decision`` the decision rule of the best F1 on these questions (``decision.calibrate``)."""
     energies = rank_energies(model, prepared.states.states, prepared.items, batch_size)
     picks: dict[str, dict[str, str]] = {"proposal": {}, "energy": {}, "rank": {}}
     recall = 0
@@ -260,6 +265,9 @@ def evaluate_rankings(
     for name, preds in picks.items():
         scores = squad_scores(preds, refs)
         out[name] = {"exact_match": scores["exact_match"], "f1": scores["f1"]}
+    texts = [[c.text for c in it.candidates] for it in prepared.items]
+    rule, temperature, tried = calibrate(texts, [e.total for e in energies], references)
+    out["decision"] = {"rule": rule, "temperature": temperature, "f1": tried}
     return out
 
 
@@ -372,6 +380,9 @@ def train_span_energy(
     if val is not None:
         refs = [list(ex.get("references") or [ex["answer"]]) for ex in val_examples]
         metrics["val"] = evaluate_rankings(model, val, refs, tc.batch_size)
+        # The decision rule is a setting, chosen here on val and saved with the model's config.
+        model.config.decision = metrics["val"]["decision"]["rule"]
+        model.config.temperature = metrics["val"]["decision"]["temperature"]
     return SpanTrainResult(
         model=model,
         steps=step,
