@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from qa_ebm.errors import ConfigError
-from qa_ebm.reading.decision import calibrate, check_rule, decide, expected_f1, token_f1_matrix
+from qa_ebm.reading.decision import (
+    calibrate,
+    calibrate_no_answer,
+    check_rule,
+    decide,
+    expected_f1,
+    token_f1_matrix,
+)
 from qa_ebm.reading.energy import SpanEnergyConfig
 
 
@@ -52,3 +59,28 @@ def test_bad_rules_and_temperatures_are_config_errors():
         decide(["a"], torch.zeros(1), "expected_f1", 0.0)
     with pytest.raises(ConfigError, match="unknown decision rule"):
         SpanEnergyConfig(decision="mode").validate()
+
+
+def test_no_answer_threshold_maximises_v2_f1_and_is_none_without_unanswerable_questions():
+    energies = [3.0, 2.5, 1.0, 0.5, 0.0]
+    answerable = [False, False, True, False, True]
+    span_f1 = [0.0, 0.0, 0.5, 0.0, 1.0]
+    tau, scores = calibrate_no_answer(energies, span_f1, answerable)
+    # Abstaining above 0.25 gets the three unanswerables right, at the cost of the answerable at 1.0 (F1 0.5):
+    # 4 / 5 beats 3.5 / 5 (abstaining above 1.75) and 1.5 / 5 (always answering).
+    assert tau == 0.25
+    assert scores["f1"] == pytest.approx(80.0)
+    assert scores["HasAns_f1"] == pytest.approx(50.0) and scores["NoAns_f1"] == pytest.approx(100.0)
+    # Brute force over every cut agrees.
+    best = max(
+        sum(f if a else 0.0 for e, f, a in zip(energies, span_f1, answerable, strict=True) if e <= t)
+        + sum(1.0 for e, a in zip(energies, answerable, strict=True) if e > t and not a)
+        for t in [*energies, -1.0]
+    )
+    assert scores["f1"] == pytest.approx(100 * best / 5)
+    assert calibrate_no_answer([1.0, 0.0], [0.3, 1.0], [True, True]) == (
+        None,
+        pytest.approx({"f1": 65.0, "HasAns_f1": 65.0, "NoAns_f1": 0.0, "HasAns_total": 2.0, "NoAns_total": 0.0}),
+    )
+    # Tied energies cannot be split.
+    assert calibrate_no_answer([1.0, 1.0], [1.0, 0.0], [True, False])[0] is None

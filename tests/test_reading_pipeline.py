@@ -234,3 +234,21 @@ def test_the_expected_f1_rule_answers_with_the_candidate_of_the_highest_expected
         assert b.text == texts[int(expected_f1(texts, energies, 2.0).argmax())]
     with pytest.raises(ConfigError, match="unknown decision rule"):
         pipe(questions, contexts, mode="rank", decision="vote")
+
+
+def test_rank_mode_says_no_answer_above_the_threshold(pipe):
+    val = toy(4, 5)
+    questions, contexts = _inputs(val)
+    answered = pipe(questions, contexts, mode="rank", decision="lowest")
+    cut = sorted(a.energy for a in answered)[1]  # abstain on all but the two lowest energies
+    pipe.energy.config.no_answer_threshold = cut
+    try:
+        abstained = pipe(questions, contexts, mode="rank", decision="lowest")
+    finally:
+        pipe.energy.config.no_answer_threshold = None
+    for a, b in zip(answered, abstained, strict=True):
+        if a.energy <= cut:
+            assert b == a
+        else:
+            assert (b.text, b.start, b.end) == ("", None, None)
+            assert b.runners_up[0] == {"text": a.text, "start": a.start, "end": a.end, "energy": a.energy}

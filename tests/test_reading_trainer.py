@@ -190,3 +190,21 @@ def test_bad_inputs_and_settings_are_reported(tokenizer):
     with pytest.raises(ConfigError, match="truncate <= mcmc_min_steps"):
         SpanTrainConfig.from_dict({"mcmc_min_steps": 3, "mcmc_steps": 2})
     assert SpanTrainConfig.from_dict(SpanTrainConfig(lr=0.1).to_dict()) == SpanTrainConfig(lr=0.1)
+
+
+def test_unanswerable_val_questions_set_a_no_answer_threshold(tokenizer):
+    head = tiny_head(tokenizer)
+    val = toy(12, 1)
+    for ex in val[:4]:  # SQuAD v2 style: unanswerable, no gold answers
+        ex.update(is_impossible=True, references=[], answer="", answer_start=-1)
+    tc = SpanTrainConfig(steps=4, batch_size=8, lr=3e-3, warmup_steps=1, mcmc_coeff=0.0)
+    result = train_span_energy(head, tokenizer, hash_encoder, toy(24, 0), val, ENERGY, tc, progress=False)
+    m = result.metrics["val"]
+    assert m["count"] == 8  # the rankings are scored on the answerable questions
+    na = m["no_answer"]
+    assert (na["HasAns_total"], na["NoAns_total"]) == (8.0, 4.0)
+    assert result.model.config.no_answer_threshold == na["threshold"]
+    assert na["threshold"] is None or na["NoAns_f1"] > 0  # a threshold is only kept when it abstains somewhere
+    # Without unanswerable val questions there is nothing to calibrate: the pipeline always answers.
+    plain = train_span_energy(head, tokenizer, hash_encoder, toy(24, 0), toy(6, 1), ENERGY, tc, progress=False)
+    assert "no_answer" not in plain.metrics["val"] and plain.model.config.no_answer_threshold is None

@@ -15,7 +15,8 @@ Modes of ``__call__`` (the ``energy`` field of an answer is what the mode ranks 
 
     proposal   the proposal head alone: best s_i + e_j (energy = -score)
     energy     the candidate chosen by E_theta(x, y_span)
-    rank       the candidate chosen by E_total = E_theta - w * s_proposal
+    rank       the candidate chosen by E_total = E_theta - w * s_proposal; "no answer" (text "", start = end =
+               None) when its E_total is above the energy's no_answer_threshold (SQuAD v2, set on val)
     refine     y <- sampler(E_theta, y0) for `steps` steps; snap: among the m candidates nearest to y
                (L2 in the standardised latent space) the lowest E_total (energy = that E_total)
     generate   the refined latent decoded by the HVAE decoder (start / end None; energy = E_theta(y))
@@ -281,9 +282,11 @@ class ReadingPipeline:
         e_theta = [e.energy[ptr[b] : ptr[b + 1]].cpu() for b in range(len(cands))]
         e_total = [e.total[ptr[b] : ptr[b + 1]].cpu() for b in range(len(cands))]
         t = self._tick("energy", t)
-        if mode in ("energy", "rank"):
-            chosen = e_theta if mode == "energy" else e_total
-            return [_ranked(cs, en, top_n, *rule) for cs, en in zip(cands, chosen, strict=True)]
+        if mode == "energy":
+            return [_ranked(cs, en, top_n, *rule) for cs, en in zip(cands, e_theta, strict=True)]
+        if mode == "rank":
+            answers = [_ranked(cs, en, top_n, *rule) for cs, en in zip(cands, e_total, strict=True)]
+            return [_abstain_above(a, cfg.no_answer_threshold) for a in answers]
 
         # Refinement on E_theta from the best proposal's latent (candidates are sorted by proposal score, so
         # it is each question's first row), reading that candidate's window through the cached condition.
@@ -404,6 +407,15 @@ class ReadingPipeline:
             sampler,
             **kwargs,
         )
+
+
+def _abstain_above(answer: ReadingAnswer, threshold: float | None) -> ReadingAnswer:
+    """SQuAD v2: "no answer" (text "", no offsets) when the chosen span's energy is above the threshold; the
+    span it would have given becomes the first runner-up."""
+    if threshold is None or answer.energy <= threshold:
+        return answer
+    best = {"text": answer.text, "start": answer.start, "end": answer.end, "energy": answer.energy}
+    return ReadingAnswer("", None, None, answer.energy, 0, None, [best, *answer.runners_up[:-1]])
 
 
 def _ranked(

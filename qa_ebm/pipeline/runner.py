@@ -172,7 +172,7 @@ def _stage_span_energy(ctx: Context) -> dict[str, Any]:
     data = load_processed(ctx.dir("preprocess"))
     train = data.reading_examples("train", answerable_only=True)
     random.Random(rc.seed).shuffle(train)  # a cap takes questions from every article, not the first ones
-    val = data.reading_examples("val", answerable_only=True)
+    val = data.reading_examples("val")  # SQuAD v2's unanswerable questions set the no-answer threshold
     proposal, tokenizer = load_proposal_head(ctx.dir("proposal"))
     result = train_span_energy(
         proposal,

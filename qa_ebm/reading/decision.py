@@ -12,6 +12,11 @@ lowest energy, whatever T). ``expected_f1`` answers with the candidate of the hi
 the minimum-Bayes-risk choice for SQuAD's loss: when the energy hesitates between nested or overlapping
 spans, the span they share scores more on average than any one of them. T is a setting chosen on val
 (:func:`calibrate`); T -> 0 gives back ``lowest``.
+
+SQuAD v2 adds questions the passage does not answer. The chosen candidate's E_total then decides: above a
+threshold tau the answer is "no answer" (the empty string). tau is chosen on val to maximise the official v2
+F1 (:func:`calibrate_no_answer`): answered questions score their span's F1 (0 when unanswerable), abstentions
+score 1 when unanswerable and 0 otherwise.
 """
 
 from __future__ import annotations
@@ -91,4 +96,55 @@ def calibrate(
     return best[0], best[1], tried
 
 
-__all__ = ["RULES", "TEMPERATURES", "calibrate", "check_rule", "decide", "expected_f1", "token_f1_matrix"]
+def calibrate_no_answer(
+    energies: Sequence[float], span_f1: Sequence[float], answerable: Sequence[bool]
+) -> tuple[float | None, dict[str, float]]:
+    """The no-answer threshold tau of the best v2 F1 on these (val) questions, and the v2 scores at tau.
+
+    `energies`: each question's chosen candidate's E_total; `span_f1`: that candidate's F1 against the gold
+    answers (ignored for unanswerable questions); `answerable`: whether the question has gold answers.
+    tau is None (always answer) when no threshold scores more than answering everything, e.g. a val split
+    without unanswerable questions.
+    """
+    n = len(energies)
+    if not n == len(span_f1) == len(answerable):
+        raise ValueError("calibrate_no_answer: energies, span_f1 and answerable must have one entry per question")
+    if n == 0:
+        return None, {}
+    # Abstain on every question whose energy is above tau: sweep tau down through the sorted energies.
+    order = sorted(range(n), key=lambda q: -energies[q])
+    score = sum(span_f1[q] for q in range(n) if answerable[q])  # everything answered
+    best_score, tau = score, None
+    for rank, q in enumerate(order):
+        score += (0.0 if answerable[q] else 1.0) - (span_f1[q] if answerable[q] else 0.0)
+        below = energies[order[rank + 1]] if rank + 1 < n else energies[q] - 1.0  # the highest one still answered
+        if score > best_score and below < energies[q]:  # a tie cannot be split by a threshold
+            best_score, tau = score, (below + energies[q]) / 2
+    has = [q for q in range(n) if answerable[q]]
+    no = [q for q in range(n) if not answerable[q]]
+
+    def answers(q: int) -> bool:
+        return tau is None or energies[q] <= tau
+
+    has_f1 = sum(span_f1[q] for q in has if answers(q))
+    no_f1 = sum(1.0 for q in no if not answers(q))
+    scores = {
+        "f1": 100.0 * (has_f1 + no_f1) / n,
+        "HasAns_f1": 100.0 * has_f1 / len(has) if has else 0.0,
+        "NoAns_f1": 100.0 * no_f1 / len(no) if no else 0.0,
+        "HasAns_total": float(len(has)),
+        "NoAns_total": float(len(no)),
+    }
+    return tau, scores
+
+
+__all__ = [
+    "RULES",
+    "TEMPERATURES",
+    "calibrate",
+    "calibrate_no_answer",
+    "check_rule",
+    "decide",
+    "expected_f1",
+    "token_f1_matrix",
+]

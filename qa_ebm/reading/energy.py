@@ -90,6 +90,8 @@ class SpanEnergyConfig:
     # How an answer is chosen from E_total (``qa_ebm.reading.decision``): set on val after training.
     decision: str = "lowest"  # "lowest" | "expected_f1"
     temperature: float = 1.0  # T of p(c | x) = softmax(-E_total / T), for "expected_f1"
+    # SQuAD v2: "no answer" when the chosen candidate's E_total is above this; set on val (None: always answer)
+    no_answer_threshold: float | None = None
     proposal_weight_init: float = 1.0  # w at initialisation
 
     def validate(self) -> None:
@@ -100,6 +102,10 @@ class SpanEnergyConfig:
         if not math.isfinite(self.proposal_weight_init):
             raise ConfigError(f"span energy: proposal_weight_init must be finite, got {self.proposal_weight_init}")
         check_rule(self.decision, self.temperature)
+        if self.no_answer_threshold is not None and not math.isfinite(self.no_answer_threshold):
+            raise ConfigError(
+                f"span energy: no_answer_threshold must be finite or null, got {self.no_answer_threshold}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

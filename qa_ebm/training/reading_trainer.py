@@ -28,6 +28,7 @@ val F1 is written into the model's config, so the exported pipeline answers with
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -43,9 +44,10 @@ import torch.nn.functional as F
 from qa_ebm.config import TrainEBTConfig, config_from_dict
 from qa_ebm.errors import ConfigError, DataError
 from qa_ebm.metrics.squad import exact_match, squad_scores
+from qa_ebm.metrics.squad import f1 as squad_f1
 from qa_ebm.models.answer_encoder import AnswerEncoder
 from qa_ebm.models.ebt import EBTSpec, energy_gradient
-from qa_ebm.reading.decision import calibrate
+from qa_ebm.reading.decision import calibrate, calibrate_no_answer, decide
 from qa_ebm.reading.energy import (
     LatentEncoder,
     QuestionCandidates,
@@ -271,6 +273,26 @@ def evaluate_rankings(
     return out
 
 
+def _calibrate_no_answer(
+    model: SpanEnergy, prepared: PreparedQuestions, examples: Sequence[Mapping[str, Any]], batch_size: int
+) -> dict[str, Any]:
+    """The no-answer threshold of the best v2 F1 on val, with the model's decision rule, and its v2 scores."""
+    cfg = model.config
+    energies, span_f1, answerable = [], [], []
+    for it, e, ex in zip(
+        prepared.items, rank_energies(model, prepared.states.states, prepared.items, batch_size), examples, strict=True
+    ):
+        if not len(it):
+            continue  # no candidate span: answered "no answer" whatever the threshold
+        texts = [c.text for c in it.candidates]
+        k = decide(texts, e.total, cfg.decision, cfg.temperature)[0]
+        energies.append(float(e.total[k]))
+        answerable.append(not ex.get("is_impossible", False))
+        span_f1.append(squad_f1(texts[k], list(ex.get("references") or [])) if answerable[-1] else 0.0)
+    threshold, scores = calibrate_no_answer(energies, span_f1, answerable)
+    return {"threshold": threshold, **scores}
+
+
 def train_span_energy(
     proposal: SpanProposalHead,
     tokenizer: Any,
@@ -291,7 +313,8 @@ def train_span_energy(
     train-latent statistics), or any ``texts -> (latents, slot mask)`` callable, standardised with
     `latent_stats` (mean, std) of shape (2, D), or when None with the training golds' own statistics.
     """
-    config = config or SpanEnergyConfig()
+    # A copy: the decision settings chosen on val are written into the model's config, never the caller's.
+    config = copy.deepcopy(config) if config is not None else SpanEnergyConfig()
     tc = train_config or SpanTrainConfig()
     config.validate()
     tc.validate()
@@ -378,11 +401,16 @@ def train_span_energy(
     model.eval()
     metrics: dict[str, Any] = {"prep_seconds": prep_seconds, "last": parts}
     if val is not None:
-        refs = [list(ex.get("references") or [ex["answer"]]) for ex in val_examples]
-        metrics["val"] = evaluate_rankings(model, val, refs, tc.batch_size)
+        has = [q for q, ex in enumerate(val_examples) if not ex.get("is_impossible", False)]
+        refs = [list(val_examples[q].get("references") or [val_examples[q]["answer"]]) for q in has]
+        answerable = PreparedQuestions([val.items[q] for q in has], val.states)
+        metrics["val"] = evaluate_rankings(model, answerable, refs, tc.batch_size)
         # The decision rule is a setting, chosen here on val and saved with the model's config.
         model.config.decision = metrics["val"]["decision"]["rule"]
         model.config.temperature = metrics["val"]["decision"]["temperature"]
+        if len(has) < len(val_examples):  # SQuAD v2: unanswerable questions in val set the no-answer threshold
+            metrics["val"]["no_answer"] = _calibrate_no_answer(model, val, val_examples, tc.batch_size)
+            model.config.no_answer_threshold = metrics["val"]["no_answer"]["threshold"]
     return SpanTrainResult(
         model=model,
         steps=step,
