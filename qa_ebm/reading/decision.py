@@ -54,19 +54,29 @@ def token_f1_matrix(texts: Sequence[str]) -> torch.Tensor:
     return out
 
 
-def expected_f1(texts: Sequence[str], energies: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(n,): each candidate's expected F1 against a candidate drawn from softmax(-energies / temperature)."""
+def expected_f1(
+    texts: Sequence[str], energies: torch.Tensor, temperature: float, f1_matrix: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(n,): each candidate's expected F1 against a candidate drawn from softmax(-energies / temperature).
+    `f1_matrix`: ``token_f1_matrix(texts)`` when the caller already has it."""
+    m = token_f1_matrix(texts) if f1_matrix is None else f1_matrix
     p = torch.softmax(-energies.double() / temperature, dim=0)
-    return (token_f1_matrix(texts).double() @ p).float()
+    return (m.double() @ p).float()
 
 
-def decide(texts: Sequence[str], energies: torch.Tensor, rule: str = "lowest", temperature: float = 1.0) -> list[int]:
+def decide(
+    texts: Sequence[str],
+    energies: torch.Tensor,
+    rule: str = "lowest",
+    temperature: float = 1.0,
+    f1_matrix: torch.Tensor | None = None,
+) -> list[int]:
     """Candidate indices, best first, by `rule`; ties keep the given order (candidates come best proposal first)."""
     check_rule(rule, temperature)
     if rule == "lowest":
         key = energies.tolist()
     else:
-        key = (-expected_f1(texts, energies, temperature)).tolist()
+        key = (-expected_f1(texts, energies, temperature, f1_matrix)).tolist()
     return sorted(range(len(texts)), key=lambda k: key[k])
 
 
@@ -81,10 +91,11 @@ def calibrate(
     ``lowest`` wins ties: the plain rule unless the expected-F1 rule measurably helps.
     """
     refs = {str(q): list(r) for q, r in enumerate(references)}
+    matrices = [token_f1_matrix(ts) for ts in texts]  # once per question, for every temperature
 
     def f1_of(rule: str, t: float) -> float:
-        pairs = enumerate(zip(texts, energies, strict=True))
-        preds = {str(q): ts[decide(ts, e, rule, t)[0]] for q, (ts, e) in pairs if len(ts)}
+        pairs = enumerate(zip(texts, energies, matrices, strict=True))
+        preds = {str(q): ts[decide(ts, e, rule, t, m)[0]] for q, (ts, e, m) in pairs if len(ts)}
         return squad_scores(preds, refs)["f1"]
 
     tried = {"lowest": f1_of("lowest", 1.0)}

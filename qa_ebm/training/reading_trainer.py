@@ -51,6 +51,7 @@ from qa_ebm.reading.decision import calibrate, calibrate_no_answer, decide
 from qa_ebm.reading.energy import (
     LatentEncoder,
     QuestionCandidates,
+    SpanEnergies,
     SpanEnergy,
     SpanEnergyConfig,
     WindowEncoding,
@@ -247,11 +248,17 @@ def _step_loss(
 
 
 def evaluate_rankings(
-    model: SpanEnergy, prepared: PreparedQuestions, references: Sequence[Sequence[str]], batch_size: int = 32
+    model: SpanEnergy,
+    prepared: PreparedQuestions,
+    references: Sequence[Sequence[str]],
+    batch_size: int = 32,
+    energies: Sequence[SpanEnergies] | None = None,
 ) -> dict[str, Any]:
     """SQuAD EM/F1 of the best candidate by proposal score, by E_theta and by E_total; recall@K of the candidates;
-    and under ``decision`` the decision rule of the best F1 on these questions (``decision.calibrate``)."""
-    energies = rank_energies(model, prepared.states.states, prepared.items, batch_size)
+    and under ``decision`` the decision rule of the best F1 on these questions (``decision.calibrate``).
+    `energies`: the items' ``rank_energies`` when the caller already has them."""
+    if energies is None:
+        energies = rank_energies(model, prepared.states.states, prepared.items, batch_size)
     picks: dict[str, dict[str, str]] = {"proposal": {}, "energy": {}, "rank": {}}
     recall = 0
     refs = {str(q): list(r) for q, r in enumerate(references)}
@@ -274,14 +281,15 @@ def evaluate_rankings(
 
 
 def _calibrate_no_answer(
-    model: SpanEnergy, prepared: PreparedQuestions, examples: Sequence[Mapping[str, Any]], batch_size: int
+    model: SpanEnergy,
+    items: Sequence[QuestionCandidates],
+    scored: Sequence[SpanEnergies],
+    examples: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
     """The no-answer threshold of the best v2 F1 on val, with the model's decision rule, and its v2 scores."""
     cfg = model.config
     energies, span_f1, answerable = [], [], []
-    for it, e, ex in zip(
-        prepared.items, rank_energies(model, prepared.states.states, prepared.items, batch_size), examples, strict=True
-    ):
+    for it, e, ex in zip(items, scored, examples, strict=True):
         if not len(it):
             continue  # no candidate span: answered "no answer" whatever the threshold
         texts = [c.text for c in it.candidates]
@@ -403,13 +411,14 @@ def train_span_energy(
     if val is not None:
         has = [q for q, ex in enumerate(val_examples) if not ex.get("is_impossible", False)]
         refs = [list(val_examples[q].get("references") or [val_examples[q]["answer"]]) for q in has]
+        scored = rank_energies(model, val.states.states, val.items, tc.batch_size)  # every val question, once
         answerable = PreparedQuestions([val.items[q] for q in has], val.states)
-        metrics["val"] = evaluate_rankings(model, answerable, refs, tc.batch_size)
+        metrics["val"] = evaluate_rankings(model, answerable, refs, tc.batch_size, [scored[q] for q in has])
         # The decision rule is a setting, chosen here on val and saved with the model's config.
         model.config.decision = metrics["val"]["decision"]["rule"]
         model.config.temperature = metrics["val"]["decision"]["temperature"]
         if len(has) < len(val_examples):  # SQuAD v2: unanswerable questions in val set the no-answer threshold
-            metrics["val"]["no_answer"] = _calibrate_no_answer(model, val, val_examples, tc.batch_size)
+            metrics["val"]["no_answer"] = _calibrate_no_answer(model, val.items, scored, val_examples)
             model.config.no_answer_threshold = metrics["val"]["no_answer"]["threshold"]
     return SpanTrainResult(
         model=model,
