@@ -18,6 +18,7 @@ def _run(capsys, *argv):
 
 
 def test_missing_context_file_and_missing_context(tmp_path, capsys):
+    (tmp_path / "reading_pipeline.json").write_text("{}")  # a reading pipeline: inputs are checked before loading
     code, err = _run(capsys, "answer", "--pipeline", str(tmp_path), "Who?", "--context-file", str(tmp_path / "no.txt"))
     assert code == 2 and "no.txt: file not found" in err and len(err.splitlines()) == 1
     code, err = _run(capsys, "answer", "--pipeline", str(tmp_path), "Who?")
@@ -36,6 +37,10 @@ def test_batch_lines_are_checked_with_their_line_number(tmp_path):
         read_batch(str(path))
     path.write_text("{not json\n")
     with pytest.raises(DataError, match="line 1: not valid JSON"):
+        read_batch(str(path))
+    path.write_text("Who came?\n")  # a plain question line: fine for an answer pipeline, not for reading
+    assert read_batch(str(path), need_context=False) == [{"id": "1", "question": "Who came?", "context": None}]
+    with pytest.raises(DataError, match="line 1: field 'context' must be a string"):
         read_batch(str(path))
     path.write_text(json.dumps({"id": "a", "question": "Who?", "context": "Tesla."}) + "\n")
     assert read_batch(str(path)) == [{"id": "a", "question": "Who?", "context": "Tesla."}]

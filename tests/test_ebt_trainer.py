@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import ROOT, SMALL, sample_data, tiny_config
 
 from qa_ebm.cli.main import main
-from qa_ebm.config import load_config
-from qa_ebm.data.preprocess import preprocess
 from qa_ebm.errors import CheckpointError
 from qa_ebm.models.ebt import EnergyTransformer, LatentModel, LatentRegressor
 from qa_ebm.training import ebt_trainer
@@ -19,54 +18,15 @@ from qa_ebm.training.ebt_trainer import load_hvae_run, train_ebt
 from qa_ebm.training.hvae_trainer import train_hvae
 from qa_ebm.training.runs import TrainingError
 
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-    "data.tokenizer.vocab_size=400",
-    "data.max_sentences=4",
-    "data.max_words=16",
-    "data.physics.min_sentences=1",
-    "hvae.d_model=32",
-    "hvae.n_heads=2",
-    "hvae.word_layers=1",
-    "hvae.sentence_layers=1",
-    "hvae.latent_dim=8",
-    "hvae.decoder_layers=1",
-    "hvae.prefix_len=2",
-    "train_hvae.steps=4",
-    "train_hvae.batch_size=16",
-    "train_hvae.eval_every=4",
-    "train_hvae.save_every=4",
-    "train_hvae.warmup_steps=1",
-    "train_hvae.num_samples=1",
-    "ebt.d_model=32",
-    "ebt.n_layers=1",
-    "ebt.max_condition_tokens=24",
-    "train_ebt.steps=4",
-    "train_ebt.batch_size=8",
-    "train_ebt.warmup_steps=1",
-    "train_ebt.eval_every=2",
-    "train_ebt.save_every=2",
-    "train_ebt.eval_steps=3",
-    "train_ebt.eval_size=16",
-    "train_ebt.eval_candidates=8",
-    "train_ebt.num_samples=1",
-    "train_ebt.mcmc_steps=3",
-]
-
 
 def config(*overrides: str):
-    return load_config(ROOT / "configs" / "tiny.yaml", [*SMALL, *overrides])
+    return tiny_config(*overrides)
 
 
 @pytest.fixture(scope="module")
 def hvae_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("ebt")
-    preprocess(
-        config(),
-        base / "data",
-        squad=str(ROOT / "data" / "squad_sample.json"),
-        physics=str(ROOT / "data" / "physics_sample.jsonl"),
-    )
+    sample_data(config(), base / "data")
     train_hvae(config(), base / "data", base / "hvae", progress=False)
     return base / "hvae"
 

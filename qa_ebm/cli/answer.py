@@ -1,4 +1,8 @@
-"""`qa-ebm answer`: answer questions about a passage with a reading pipeline (one, or a JSONL batch)."""
+"""`qa-ebm answer`: answer one question, or a batch from a file or stdin, with a saved pipeline.
+
+An answer pipeline (`qa-ebm export`) writes the answer out of a latent refined from noise; a reading pipeline
+(`pipelines/squad.yaml`) answers with a span of the passage given with --context.
+"""
 
 from __future__ import annotations
 
@@ -12,76 +16,113 @@ from typing import Any
 from qa_ebm.errors import DataError
 
 MODES = ("extract", "generate", "proposal")
+SAMPLERS = ("gd", "langevin", "ired")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "answer",
-        help="answer a question about a passage (--context) with a trained reading pipeline",
-        description="Answer with a span of the given passage, chosen by the energy over the passage's candidate "
-        "spans (--mode extract, the default), by the proposal head alone (--mode proposal), or by decoding "
-        "the refined latent (--mode generate). --steps N refines a latent for up to N steps and snaps it to the "
-        "nearest low-energy candidate; without it the candidates are ranked by energy.",
+        help="answer a question (optionally about a passage, --context) with a saved pipeline",
+        description="With an answer pipeline (qa-ebm export): refine a latent from noise by gradient descent on the "
+        "energy and decode it; --candidates N keeps the lowest energy of N, --trace shows the energy at every step "
+        "and the answer forming. With a reading pipeline: answer with a span of the passage, chosen by the energy "
+        "over its candidate spans (--mode extract, the default), by the proposal head alone (--mode proposal), or "
+        "decode the refined latent (--mode generate); --steps N refines and snaps to the nearest low-energy span.",
     )
-    p.add_argument("--pipeline", required=True, metavar="DIR", help="a pipeline dir (e.g. runs/squad/pipeline)")
+    p.add_argument("--pipeline", required=True, metavar="DIR", help="a pipeline dir (qa-ebm export, pipeline run)")
     p.add_argument("question", nargs="?", help="the question (or use --input for a batch)")
     p.add_argument("--context", metavar="TEXT", help="the passage to answer from")
     p.add_argument("--context-file", metavar="FILE", help="read the passage from a UTF-8 text file")
-    p.add_argument("--input", metavar="JSONL", help="a batch: one {id, question, context} object per line")
-    p.add_argument("--output", metavar="JSONL", help="write the batch's answers here (default: stdout)")
-    p.add_argument("--mode", choices=MODES, default="extract")
-    p.add_argument("--steps", type=int, default=0, help="refinement steps before snapping (0: rank candidates)")
-    p.add_argument("--rank-by", choices=["total", "energy"], default="total", help="E_total or E_theta alone")
     p.add_argument(
+        "--input",
+        metavar="FILE",
+        help="a batch, '-' for stdin: one question per line, or JSONL objects {id, question, context?}",
+    )
+    p.add_argument("--output", metavar="JSONL", help="write the batch's answers here (default: stdout)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="refinement step cap (answer pipeline: default its own; reading: "
+        "refine N steps and snap, default rank the candidates)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    g = p.add_argument_group("answer pipelines")
+    g.add_argument("--candidates", type=int, default=1, help="refine N start points, keep the lowest energy")
+    g.add_argument("--sampler", choices=SAMPLERS, help="replace the pipeline's sampler for this call")
+    g.add_argument("--step-size", type=float, help="the sampler's step size (default: the pipeline's)")
+    g.add_argument("--seed", type=int, help="seed of the start noise (default: the pipeline's)")
+    g.add_argument("--trace", action="store_true", help="the energy at every step and the answer at a few steps")
+    r = p.add_argument_group("reading pipelines")
+    r.add_argument("--mode", choices=MODES, default="extract")
+    r.add_argument("--rank-by", choices=["total", "energy"], default="total", help="E_total or E_theta alone")
+    r.add_argument(
         "--decision",
         choices=["lowest", "expected_f1"],
         help="pick the lowest energy, or the highest expected F1 under softmax(-E/T) (default: the pipeline's)",
     )
-    p.add_argument("--temperature", type=float, help="T of --decision expected_f1 (default: the pipeline's)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    r.add_argument("--temperature", type=float, help="T of --decision expected_f1 (default: the pipeline's)")
     p.set_defaults(run=run)
 
 
 def pipeline_mode(args: argparse.Namespace) -> tuple[str, int | None]:
     """(ReadingPipeline mode, steps) from the command's flags."""
-    if args.steps < 0:
-        raise DataError(f"--steps must be >= 0, got {args.steps}")
+    steps = args.steps or 0
+    if steps < 0:
+        raise DataError(f"--steps must be >= 0, got {steps}")
     if args.mode == "proposal":
         return "proposal", None
     if args.mode == "generate":
-        return "generate", args.steps or None
-    if args.steps > 0:
-        return "refine", args.steps
+        return "generate", steps or None
+    if steps > 0:
+        return "refine", steps
     return ("rank" if args.rank_by == "total" else "energy"), None
 
 
-def read_batch(path: str) -> list[dict[str, Any]]:
-    """The JSONL batch, each line checked: an object with a string question and a non-empty string context."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"--input {p}: file not found")
+def read_batch(path: str, need_context: bool = True) -> list[dict[str, Any]]:
+    """The batch, each line checked: a plain question, or a JSON object {id, question, context}.
+
+    A line that starts with "{" is JSON; any other non-empty line is a question. `need_context`: every line
+    must carry a passage (reading pipelines).
+    """
+    if path == "-":
+        where, text = "stdin", sys.stdin.read()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise DataError(f"--input {p}: file not found")
+        try:
+            where, text = str(p), p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"--input {p}: not UTF-8 text (byte {e.start})") from e
     rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p} line {n}: not valid JSON ({e.msg})") from e
-        if not isinstance(row, dict):
-            raise DataError(f"{p} line {n}: expected an object {{id, question, context}}")
-        for key in ("question", "context"):
-            if not isinstance(row.get(key), str):
-                raise DataError(f"{p} line {n}: field {key!r} must be a string (this pipeline reads passages)")
-        rows.append({"id": row.get("id", str(n)), "question": row["question"], "context": row["context"]})
+        if not line.lstrip().startswith("{"):
+            row: Any = {"question": line.strip()}
+        else:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where} line {n}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise DataError(f"{where} line {n}: expected an object {{id, question, context}}")
+        if not isinstance(row.get("question"), str):
+            raise DataError(f"{where} line {n}: field 'question' must be a string")
+        context = row.get("context")
+        if need_context and not isinstance(context, str):
+            raise DataError(f"{where} line {n}: field 'context' must be a string (this pipeline reads passages)")
+        if context is not None and not isinstance(context, str):
+            raise DataError(f"{where} line {n}: field 'context' must be a string or absent")
+        rows.append({"id": str(row.get("id", n)), "question": row["question"], "context": context})
     if not rows:
-        raise DataError(f"{p}: no questions")
+        raise DataError(f"{where}: no questions")
     return rows
 
 
-def single_context(args: argparse.Namespace) -> str:
+def single_context(args: argparse.Namespace, required: bool) -> str | None:
     if args.context is not None and args.context_file is not None:
         raise DataError("give --context or --context-file, not both")
     if args.context_file is not None:
@@ -92,31 +133,23 @@ def single_context(args: argparse.Namespace) -> str:
             return path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise DataError(f"--context-file {path}: not UTF-8 text (byte {e.start})") from e
-    if args.context is None:
+    if args.context is None and required:
         raise DataError("this pipeline answers questions about a passage: give --context TEXT or --context-file FILE")
     return args.context
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.question is None) == (args.input is None):
-        raise DataError("give one question, or --input QUESTIONS.jsonl for a batch")
-    mode, steps = pipeline_mode(args)
-    if args.input is not None:
-        rows = read_batch(args.input)
-    else:
-        rows = [{"id": "0", "question": args.question, "context": single_context(args)}]
+    from qa_ebm.pipeline import pipeline_class
     from qa_ebm.pipeline.reading import ReadingPipeline
 
-    pipe = ReadingPipeline.from_pretrained(args.pipeline)
-    answers = pipe(
-        [r["question"] for r in rows],
-        [r["context"] for r in rows],
-        mode=mode,
-        steps=steps,
-        batch_size=args.batch_size,
-        decision=args.decision,
-        temperature=args.temperature,
-    )
+    if (args.question is None) == (args.input is None):
+        raise DataError("give one question, or --input FILE ('-' for stdin) for a batch")
+    reading = pipeline_class(args.pipeline) is ReadingPipeline
+    if args.input is not None:
+        rows = read_batch(args.input, need_context=reading)
+    else:
+        rows = [{"id": "0", "question": args.question, "context": single_context(args, required=reading)}]
+    answers = answer_reading(args, rows) if reading else answer_generative(args, rows)
     records = [{"id": r["id"], **answer_record(a.to_dict())} for r, a in zip(rows, answers, strict=True)]
     if args.input is not None:
         write_jsonl(records, args.output)
@@ -125,6 +158,48 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_answer(records[0])
     return 0
+
+
+def answer_reading(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[Any]:
+    from qa_ebm.pipeline.reading import ReadingPipeline
+
+    mode, steps = pipeline_mode(args)
+    pipe = ReadingPipeline.from_pretrained(args.pipeline)
+    return pipe(
+        [r["question"] for r in rows],
+        [r["context"] for r in rows],
+        mode=mode,
+        steps=steps,
+        batch_size=args.batch_size,
+        decision=args.decision,
+        temperature=args.temperature,
+    )
+
+
+def answer_generative(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[Any]:
+    from qa_ebm.pipeline.generative import QAPipeline
+
+    if args.steps is not None and args.steps < 0:
+        raise DataError(f"--steps must be >= 0, got {args.steps}")
+    if args.candidates < 1:
+        raise DataError(f"--candidates must be >= 1, got {args.candidates}")
+    pipe = QAPipeline.from_pretrained(args.pipeline)
+    sampler = None
+    if args.sampler is not None or args.step_size is not None:
+        sampler = {"name": args.sampler or pipe.sampler_config["name"]}
+        step_size = args.step_size if args.step_size is not None else pipe.sampler_config.get("step_size")
+        if step_size is not None:
+            sampler["step_size"] = step_size
+    return pipe(
+        [r["question"] for r in rows],
+        [r["context"] for r in rows],
+        steps=args.steps,
+        candidates=args.candidates,
+        sampler=sampler,
+        seed=args.seed,
+        trace=args.trace,
+        batch_size=args.batch_size,
+    )
 
 
 def answer_record(d: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +221,14 @@ def write_jsonl(records: list[dict[str, Any]], output: str | None) -> None:
 def print_answer(r: dict[str, Any]) -> None:
     where = f" [{r['start']}:{r['end']}]" if r.get("start") is not None else ""
     print(f"{r['answer']}{where}")
-    print(f"  energy {r['energy']:.3f}, steps {r['steps']}")
+    sentences = f", sentences {r['sentences']}" if "sentences" in r else ""
+    print(f"  energy {r['energy']:.3f}, steps {r['steps']}{sentences}")
     for alt in r.get("runners_up", [])[:3]:
         print(f"  runner-up: {alt['text']!r} (energy {alt['energy']:.3f})")
+    if len(r.get("candidates", [])) > 1:
+        print("  candidates' energies: " + ", ".join(f"{c['energy']:.3f}" for c in r["candidates"]))
+    trace = r.get("trace")
+    if trace:
+        print("  energy by step: " + " ".join(f"{e:.3f}" for e in trace["energies"]))
+        for d in trace["decoded"]:
+            print(f"  step {d['step']:>3}: {d['text']}")

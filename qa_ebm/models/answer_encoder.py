@@ -1,7 +1,8 @@
-"""Answer text -> HVAE latents, exactly as `train-hvae` encoded the dataset's answers.
+"""Answer text <-> HVAE latents, exactly as `train-hvae` encoded the dataset's answers.
 
 Reading mode encodes every candidate span of a passage, and `verify` a user's answer, with the run's own
-sentence splitter and tokenizer, so a candidate lands where the same text would have in training.
+sentence splitter and tokenizer, so a candidate lands where the same text would have in training; the
+answer pipelines decode refined latents back to text through the same HVAE.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import torch
 from qa_ebm.data.sentences import SentenceSplitter
 from qa_ebm.data.tokenizer import Tokenizer, encode_sentences, load_tokenizer
 from qa_ebm.errors import CheckpointError
+from qa_ebm.models.decoders import DecodeSettings
 from qa_ebm.models.hvae import HVAE
 
 
 class AnswerEncoder:
-    """texts -> ([mu_g; mu_1..mu_S] (N, 1+S, D), slot mask (N, 1+S)), the posterior means of an HVAE."""
+    """texts -> ([mu_g; mu_1..mu_S] (N, 1+S, D), slot mask (N, 1+S)), the posterior means of an HVAE;
+    :meth:`decode` goes the other way."""
 
     def __init__(self, hvae: HVAE, tokenizer: Tokenizer, splitter: SentenceSplitter, batch_size: int = 128):
         self.hvae, self.tokenizer, self.splitter, self.batch_size = hvae.eval(), tokenizer, splitter, batch_size
@@ -57,3 +60,11 @@ class AnswerEncoder:
             masks.append(torch.cat([torch.ones_like(real[:, :1]), real], 1).cpu())
         y, mask = torch.cat(ys), torch.cat(masks)
         return y * mask.unsqueeze(-1), mask
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, mask: torch.Tensor, settings: DecodeSettings | None = None) -> list[str]:
+        """HVAE latents [z_g; z_1..z_S] (N, 1+S, D) with slot mask (N, 1+S) -> text, one sentence per real slot."""
+        device = next(self.hvae.parameters()).device
+        z = (z * mask.unsqueeze(-1)).to(device)
+        ids = self.hvae.decode(z[:, 0], z[:, 1:], mask[:, 1:].sum(1).to(device), settings)
+        return [" ".join(self.tokenizer.decode(sentence) for sentence in answer).strip() for answer in ids]

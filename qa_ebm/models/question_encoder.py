@@ -33,6 +33,12 @@ class LearnedConditionTokens:
     def spec_fields(self) -> dict[str, int]:
         return {"condition_vocab": self.tokenizer.vocab_size}
 
+    def token_counts(self, questions: Sequence[str], contexts: Sequence[str | None]) -> list[int]:
+        """Tokens each (question, context) takes before the cut to max_tokens."""
+        q = self.tokenizer.encode_batch(list(questions))
+        c = self.tokenizer.encode_batch([x or "" for x in contexts])
+        return [len(qi) + 1 + len(ci) for qi, ci in zip(q, c, strict=True)]
+
     def __call__(self, questions: Sequence[str], contexts: Sequence[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         special = self.tokenizer.special
         q_ids = self.tokenizer.encode_batch(list(questions))
@@ -70,6 +76,13 @@ class FrozenConditionEncoder:
     @property
     def spec_fields(self) -> dict[str, int]:
         return {"condition_dim": int(self.model.config.hidden_size)}
+
+    def token_counts(self, questions: Sequence[str], contexts: Sequence[str | None]) -> list[int]:
+        """Tokens each (question, context) takes, special tokens included, before the cut to max_tokens."""
+        return [
+            len(self.tokenizer(q, c or None, truncation=False)["input_ids"])
+            for q, c in zip(questions, contexts, strict=True)
+        ]
 
     @torch.no_grad()
     def __call__(self, questions: Sequence[str], contexts: Sequence[str | None]) -> tuple[torch.Tensor, torch.Tensor]:

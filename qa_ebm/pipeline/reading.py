@@ -37,7 +37,6 @@ Directory layout (``save_pretrained`` / ``from_pretrained``)::
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,9 +45,9 @@ from typing import Any
 
 import torch
 
-from qa_ebm.energy.samplers import build_sampler
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.models.answer_encoder import AnswerEncoder
+from qa_ebm.pipeline.sampling import build_from_config
 from qa_ebm.reading.decision import check_rule, decide
 from qa_ebm.reading.energy import (
     Candidate,
@@ -145,11 +144,10 @@ class ReadingPipeline:
                 f"reading pipeline: windows of {self.max_length} tokens exceed the energy's "
                 f"ebt.max_condition_tokens={self.energy.config.ebt.max_condition_tokens}"
             )
-        config = dict(self.sampler_config)
-        name = config.pop("name", None)
-        if not isinstance(name, str):
-            raise ConfigError(f"reading pipeline: sampler config needs a 'name', got {self.sampler_config!r}")
-        build_sampler(name, **config)  # validates
+        try:
+            build_from_config(self.sampler_config)  # validates
+        except ConfigError as e:
+            raise ConfigError(f"reading pipeline: {e}") from e
 
     @property
     def device(self) -> torch.device:
@@ -170,13 +168,7 @@ class ReadingPipeline:
         return now
 
     def _sampler(self, steps: int | None):
-        config = dict(self.sampler_config)
-        name = config.pop("name")
-        if steps is not None and name == "ired":  # IRED's steps are per landscape
-            config["steps_per_landscape"] = max(1, math.ceil(steps / config.get("num_landscapes", 10)))
-        elif steps is not None:
-            config["max_steps"] = steps
-        return build_sampler(name, **config)
+        return build_from_config(self.sampler_config, steps)
 
     # --------------------------------------------------------------------------------------------- answering
 
@@ -326,12 +318,7 @@ class ReadingPipeline:
 
     def _decode(self, y: torch.Tensor, mask: torch.Tensor) -> list[str]:
         """Standardised latents (B, P, D) -> text through the HVAE decoder, one sentence per real slot."""
-        hvae = self.answer_encoder.hvae
-        device = next(hvae.parameters()).device
-        z = (self.energy.ebt.unstandardize(y) * mask.unsqueeze(-1)).to(device)
-        ids = hvae.decode(z[:, 0], z[:, 1:], mask[:, 1:].sum(1).to(device))
-        tok = self.answer_encoder.tokenizer
-        return [" ".join(tok.decode(sentence) for sentence in answer).strip() for answer in ids]
+        return self.answer_encoder.decode(self.energy.ebt.unstandardize(y), mask)
 
     # --------------------------------------------------------------------------------------------- persistence
 

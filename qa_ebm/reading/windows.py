@@ -21,39 +21,23 @@ an empty, whitespace-only or binary passage raises :class:`DataError`.
 from __future__ import annotations
 
 import logging
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from qa_ebm.errors import ConfigError, DataError
+from qa_ebm.data.text_checks import check_text
+from qa_ebm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-_BINARY_SHARE = 0.1  # more than this share of control/unassigned/replacement characters: not text
-_BINARY_CATEGORIES = frozenset({"Cc", "Cs", "Cn"})
 _CHUNK = 512  # examples per tokenizer call
 
 
 def check_passage(context: str, where: str = "passage") -> None:
     """Raise :class:`DataError` unless `context` is non-empty text (not whitespace, not binary)."""
-    if not isinstance(context, str):
-        raise DataError(f"{where}: expected a string, got {type(context).__name__}")
-    if not context.strip():
-        raise DataError(f"{where}: the passage is {'empty' if not context else 'whitespace only'}")
-    if "\x00" in context:
-        raise DataError(f"{where}: the passage contains NUL characters (binary data, not text)")
-    # Tabs and newlines are Cc but fine; U+FFFD is what a binary file decoded with errors="replace" becomes.
-    bad = sum(
-        1 for ch in context if ch == "\ufffd" or (not ch.isspace() and unicodedata.category(ch) in _BINARY_CATEGORIES)
-    )
-    if bad > _BINARY_SHARE * len(context):
-        raise DataError(
-            f"{where}: {bad} of {len(context)} characters are control, unassigned or replacement characters "
-            "(binary data, not text)"
-        )
+    check_text(context, where, what="passage")
 
 
 @dataclass
