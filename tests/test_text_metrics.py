@@ -252,6 +252,21 @@ def test_corpus_perplexity_is_token_weighted_exp_of_the_models_own_loss(tiny_lm)
     assert (cut["tokens"], cut["truncated"]) == (3, 1)
 
 
+def test_bos_token_override_changes_the_unscored_first_token(tiny_lm):
+    import torch
+
+    lm = ReferenceLM(tiny_lm, bos_token="</s>")
+    assert lm.bos_token_id == lm.tokenizer.convert_tokens_to_ids("</s>") != lm.tokenizer.bos_token_id
+    ids = torch.tensor([[lm.bos_token_id, *lm.tokenizer(MEMORISED, add_special_tokens=False)["input_ids"]]])
+    with torch.no_grad():
+        expected = math.exp(lm.model(input_ids=ids, labels=ids).loss.item())
+    got = lm.perplexity([MEMORISED])
+    assert got["perplexity"] == pytest.approx(expected, rel=1e-5)
+    assert got["perplexity"] != pytest.approx(ReferenceLM(tiny_lm).perplexity([MEMORISED])["perplexity"], rel=1e-3)
+    with pytest.raises(ConfigError, match="not a token"):
+        ReferenceLM(tiny_lm, bos_token="<|endoftext|>")
+
+
 def test_unloadable_reference_lm_is_a_config_error_naming_it(tmp_path):
     missing = str(tmp_path / "no-such-model")
     with pytest.raises(ConfigError, match="no-such-model"):
