@@ -12,10 +12,10 @@ import sys
 import traceback
 
 from qa_ebm import __version__
-from qa_ebm.cli import answer, evaluate, pipeline, preprocess, train_ebt, train_hvae
+from qa_ebm.cli import answer, evaluate, pipeline, preprocess, train_baseline, train_ebt, train_hvae
 from qa_ebm.errors import QaEbmError
 
-SUBCOMMANDS = (preprocess, train_hvae, train_ebt, answer, evaluate, pipeline)
+SUBCOMMANDS = (preprocess, train_hvae, train_ebt, train_baseline, answer, evaluate, pipeline)
 
 
 class _Parser(argparse.ArgumentParser):
