@@ -294,6 +294,40 @@ class TrainEBTConfig:
 
 
 @dataclass
+class TrainBaselineConfig:
+    """`qa-ebm train-baseline`: the autoregressive baseline, the HVAE's decoder LM fine-tuned question -> answer."""
+
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    eval_every: int = 100
+    save_every: int = 100
+    max_seconds: float | None = None  # a wall-clock budget: stop, save and write the model when it is spent
+    # Answer tokens the LM reads and writes (at most max_sentences * (max_words - 1) exist); a longer answer is
+    # cut, and then carries no EOS, so the model is never taught to stop where the cut fell.
+    max_answer_tokens: int = 128
+    num_samples: int = 3  # val answers decoded as text at each eval
+
+    def validate(self) -> None:
+        if min(self.steps, self.batch_size, self.eval_every, self.save_every, self.max_answer_tokens) < 1:
+            raise ConfigError(
+                "train_baseline.steps, batch_size, eval_every, save_every and max_answer_tokens must be >= 1"
+            )
+        if self.warmup_steps > self.steps:
+            raise ConfigError(
+                f"train_baseline.warmup_steps={self.warmup_steps} exceeds train_baseline.steps={self.steps}"
+            )
+        if self.lr <= 0 or self.grad_clip <= 0:
+            raise ConfigError("train_baseline.lr and grad_clip must be > 0")
+
+
+@dataclass
 class ReadingConfig:
     """Reading mode (SQuAD-style question + passage): the proposal head and the energy over candidates."""
 
@@ -336,6 +370,7 @@ class Config:
     train_hvae: TrainHVAEConfig = field(default_factory=TrainHVAEConfig)
     ebt: EBTConfig = field(default_factory=EBTConfig)
     train_ebt: TrainEBTConfig = field(default_factory=TrainEBTConfig)
+    train_baseline: TrainBaselineConfig = field(default_factory=TrainBaselineConfig)
     reading: ReadingConfig = field(default_factory=ReadingConfig)
 
     def validate(self) -> Config:

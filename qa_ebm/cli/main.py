@@ -12,10 +12,20 @@ import sys
 import traceback
 
 from qa_ebm import __version__
-from qa_ebm.cli import answer, evaluate, export, pipeline, preprocess, train_ebt, train_hvae, verify
+from qa_ebm.cli import (
+    answer,
+    evaluate,
+    export,
+    pipeline,
+    preprocess,
+    train_baseline,
+    train_ebt,
+    train_hvae,
+    verify,
+)
 from qa_ebm.errors import QaEbmError
 
-SUBCOMMANDS = (preprocess, train_hvae, train_ebt, export, answer, verify, evaluate, pipeline)
+SUBCOMMANDS = (preprocess, train_hvae, train_ebt, train_baseline, export, answer, verify, evaluate, pipeline)
 
 
 class _Parser(argparse.ArgumentParser):
