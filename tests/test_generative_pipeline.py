@@ -16,9 +16,12 @@ from qa_ebm.cli.main import main
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.pipeline import load_pipeline
 from qa_ebm.pipeline.generative import FORMAT_VERSION, PIPELINE_FILE, Calibration, QAPipeline, question_seed
+from qa_ebm.training.baseline_trainer import train_baseline
 from qa_ebm.training.ebt_trainer import train_ebt
 from qa_ebm.training.hvae_trainer import train_hvae
 
+BASELINE = ["train_baseline.steps=2", "train_baseline.warmup_steps=1", "train_baseline.eval_every=2"]
+BASELINE += ["train_baseline.save_every=2", "train_baseline.batch_size=8", "train_baseline.max_answer_tokens=24"]
 QUESTIONS = ["Where did Tesla move in 1884?", "What does a capacitor store?", "Who founded Harvard?"]
 
 
@@ -30,7 +33,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     train_hvae(config, base / "data", base / "hvae", progress=False)
     train_ebt(config, base / "hvae", base / "ebt", progress=False)
     train_ebt(tiny_config("train_ebt.objective=regress"), base / "hvae", base / "regress", progress=False)
-    return {"hvae": base / "hvae", "ebt": base / "ebt", "regress": base / "regress", "data": base / "data"}
+    train_baseline(tiny_config(*BASELINE), base / "hvae", base / "baseline", progress=False)
+    return {name: base / name for name in ("hvae", "ebt", "regress", "baseline", "data")}
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +93,10 @@ def test_steps_zero_decodes_the_start_and_refinement_lowers_the_energy(pipe):
 
 def test_trace_records_every_step_and_ends_at_the_answer(pipe):
     a = pipe(QUESTIONS[0], trace=True)[0]
-    assert len(a.trace["energies"]) == a.steps + 1 and a.trace["energies"][-1] == pytest.approx(a.energy, abs=1e-5)
-    steps = [d["step"] for d in a.trace["decoded"]]
-    assert steps[0] == 0 and steps[-1] == a.steps and a.trace["decoded"][-1]["text"] == a.text
+    assert len(a.energies) == a.steps + 1 and a.energies[-1] == pytest.approx(a.energy, abs=1e-5)
+    steps = [d["step"] for d in a.trace]
+    assert steps[0] == 0 and steps[-1] == a.steps and a.trace[-1]["text"] == a.text
+    assert pipe(QUESTIONS[0])[0].trace is None
 
 
 def test_the_sampler_is_swapped_per_call(pipe):
@@ -164,7 +169,7 @@ def test_damaged_pipeline_dirs_are_refused(pipe_dir, tmp_path):
 def test_cli_answer_verify_and_batch(pipe_dir, tmp_path, capsys, monkeypatch):
     assert main(["answer", "--pipeline", str(pipe_dir), QUESTIONS[0], "--json", "--candidates", "2"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert {"id", "answer", "energy", "steps", "sentences", "candidates", "trace"} <= set(record)
+    assert {"id", "answer", "energy", "steps", "sentences", "energies", "candidates", "trace"} <= set(record)
     assert len(record["candidates"]) == 2
 
     assert main(["answer", "--pipeline", str(pipe_dir), QUESTIONS[0], "--trace", "--steps", "2"]) == 0
@@ -200,3 +205,45 @@ def test_cli_bad_input_exits_2_with_one_line(pipe_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, (argv, err)
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_puts_every_row_side_by_side(runs, pipe_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--pipeline", str(pipe_dir), "--data", str(runs["data"]), "--split", "val", "--out", str(out)]
+    argv += ["--steps", "1", "3", "--candidates", "2", "--regress", str(runs["regress"])]
+    argv += ["--baseline", str(runs["baseline"]), "--limit", "12"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    result = json.loads((out / "results.json").read_text())
+    names = [r["row"] for r in result["rows"]]
+    assert names == [
+        "ebt",
+        "ebt@1",
+        "ebt@3",
+        "ebt best-of-2",
+        "regression",
+        "retrieval",
+        "prior",
+        "autoregressive",
+        "reconstruction",
+    ]
+    for r in result["rows"]:
+        assert r["count"] == 12 and 0 <= r["bleu"] <= 100 and 0 <= r["rougeL"] <= 100 and r["per_second"] > 0
+        assert r["row"] in table
+    squad_rows = [r for r in result["rows"] if "f1" in r]
+    assert squad_rows and all(r["squad_count"] <= 12 for r in squad_rows)
+    assert result["rows"][1]["mean_steps"] <= 1 and len(result["energy_curves"]) == 12
+    for png in ("quality_vs_steps.png", "steps_vs_length.png", "energy_curves.png"):
+        assert (out / png).stat().st_size > 0
+    assert (out / "results.md").read_text().startswith("# Evaluation")
+
+
+def test_retrieval_returns_the_nearest_train_answer(pipe):
+    from qa_ebm.pipeline.evaluate_generative import retrieval_answers
+
+    train = [
+        {"question": "Who founded Harvard University?", "answer": "John Harvard"},
+        {"question": "What does a capacitor store in a circuit?", "answer": "charge"},
+    ]
+    got = retrieval_answers(pipe, train, ["What does a capacitor store?", "Who founded Harvard?"], batch_size=8)
+    assert got == ["charge", "John Harvard"]

@@ -227,8 +227,7 @@ def print_answer(r: dict[str, Any]) -> None:
         print(f"  runner-up: {alt['text']!r} (energy {alt['energy']:.3f})")
     if len(r.get("candidates", [])) > 1:
         print("  candidates' energies: " + ", ".join(f"{c['energy']:.3f}" for c in r["candidates"]))
-    trace = r.get("trace")
-    if trace:
-        print("  energy by step: " + " ".join(f"{e:.3f}" for e in trace["energies"]))
-        for d in trace["decoded"]:
+    if r.get("trace"):
+        print("  energy by step: " + " ".join(f"{e:.3f}" for e in r["energies"]))
+        for d in r["trace"]:
             print(f"  step {d['step']:>3}: {d['text']}")

