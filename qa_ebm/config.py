@@ -364,6 +364,22 @@ class ReadingConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """The evaluate stage of `qa-ebm pipeline run` for answer pipelines (`qa-ebm evaluate` takes them as flags)."""
+
+    steps: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])  # the ebt@N rows: quality against steps
+    candidates: int = 4  # the best-of-N row (1: none)
+    reference_lm: str | None = None  # perplexity under this LM: Hub id, local dir, or "smollm2" (offline GGUF)
+    limit: int | None = None  # at most this many questions per split
+
+    def validate(self) -> None:
+        if not self.steps or min(self.steps) < 1:
+            raise ConfigError(f"evaluate.steps must be a non-empty list of step caps >= 1, got {self.steps}")
+        if self.candidates < 1 or (self.limit is not None and self.limit < 1):
+            raise ConfigError("evaluate.candidates and evaluate.limit must be >= 1")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     hvae: HVAEConfig = field(default_factory=HVAEConfig)
@@ -372,6 +388,7 @@ class Config:
     train_ebt: TrainEBTConfig = field(default_factory=TrainEBTConfig)
     train_baseline: TrainBaselineConfig = field(default_factory=TrainBaselineConfig)
     reading: ReadingConfig = field(default_factory=ReadingConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):

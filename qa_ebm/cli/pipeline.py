@@ -22,6 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--squad", metavar="PATH|HUB_ID", help="SQuAD input (replaces the file's)")
     r.add_argument("--physics", metavar="PATH|HUB_ID", help="physics input (replaces the file's)")
     r.add_argument("--out", metavar="DIR", help="output root (default: the file's `out`)")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more config override after the file's `set` list, e.g. --set evaluate.reference_lm=smollm2",
+    )
     r.add_argument("--force", action="store_true", help="rerun every stage even if unchanged")
     r.add_argument("--debug", action="store_true", help="show tracebacks")
     r.set_defaults(run=run)
@@ -29,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, inputs={"squad": args.squad, "physics": args.physics}, out=args.out)
+    spec.overrides += args.overrides
     console = Console()
     console.print(f"pipeline {spec.name}: {' -> '.join(spec.stages)} into {spec.out}")
 

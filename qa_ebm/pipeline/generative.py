@@ -203,13 +203,14 @@ class QAPipeline:
         return questions, contexts
 
     def _condition(self, questions: list[str], contexts: list[str | None], warn: bool = True) -> Condition:
-        if warn:
+        if warn:  # about the question alone: a passage is cut to fit by design
             limit = self.energy.cfg.max_condition_tokens
-            long = [(i, n) for i, n in enumerate(self.condition_encoder.token_counts(questions, contexts)) if n > limit]
+            counts = self.condition_encoder.token_counts(questions, [None] * len(questions))
+            long = [(i, n) for i, n in enumerate(counts) if n > limit]
             if long:
                 log.warning(
                     "%d of %d questions are longer than the %d tokens the energy reads (ebt.max_condition_tokens) "
-                    "and were cut (question %d has %d)",
+                    "and were cut (question %d has %d tokens)",
                     len(long),
                     len(questions),
                     limit,

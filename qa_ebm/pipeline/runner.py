@@ -131,6 +131,23 @@ def _stage_train_ebt(ctx: Context) -> dict[str, Any]:
     return {"step": result.step, "stopped": result.stopped}
 
 
+def _stage_train_regress(ctx: Context) -> dict[str, Any]:
+    from qa_ebm.training.ebt_trainer import train_ebt
+
+    config = dataclasses.replace(ctx.config, train_ebt=dataclasses.replace(ctx.config.train_ebt, objective="regress"))
+    result = train_ebt(config, ctx.dir("train_hvae"), ctx.dir("train_regress"), overwrite=True, progress=ctx.progress)
+    return {"step": result.step, "stopped": result.stopped}
+
+
+def _stage_train_baseline(ctx: Context) -> dict[str, Any]:
+    from qa_ebm.training.baseline_trainer import train_baseline
+
+    result = train_baseline(
+        ctx.config, ctx.dir("train_hvae"), ctx.dir("train_baseline"), overwrite=True, progress=ctx.progress
+    )
+    return {"step": result.step, "stopped": result.stopped}
+
+
 def _stage_proposal(ctx: Context) -> dict[str, Any]:
     from qa_ebm.data.processed import load_processed
     from qa_ebm.io import atomic_output_dir
@@ -208,40 +225,97 @@ def _stage_span_energy(ctx: Context) -> dict[str, Any]:
     }
 
 
+def _reading(ctx: Context) -> bool:
+    """A reading pipeline when the spec trains a span energy; else an answer pipeline from train_ebt."""
+    return "span_energy" in ctx.spec.stages
+
+
 def _stage_export(ctx: Context) -> dict[str, Any]:
     from qa_ebm.io import atomic_output_dir
-    from qa_ebm.pipeline.reading import ReadingPipeline
 
-    pipe = ReadingPipeline.from_runs(ctx.dir("proposal"), ctx.dir("train_hvae"), ctx.dir("span_energy"))
+    if _reading(ctx):
+        from qa_ebm.pipeline.reading import ReadingPipeline
+
+        pipe = ReadingPipeline.from_runs(ctx.dir("proposal"), ctx.dir("train_hvae"), ctx.dir("span_energy"))
+    else:
+        from qa_ebm.pipeline.generative import QAPipeline
+
+        if "train_ebt" not in ctx.spec.stages:
+            raise ConfigError(f"pipeline {ctx.spec.name}: export needs train_ebt (or proposal + span_energy)")
+        pipe = QAPipeline.from_runs(ctx.dir("train_hvae"), ctx.dir("train_ebt"))
     with atomic_output_dir(ctx.dir("export"), overwrite=True) as tmp:
         pipe.save_pretrained(tmp)
-    return {"pipeline": str(ctx.dir("export"))}
+    return {"pipeline": str(ctx.dir("export")), "kind": type(pipe).__name__}
 
 
 def _stage_evaluate(ctx: Context) -> dict[str, Any]:
     from qa_ebm.data.processed import load_processed
+
+    data = load_processed(ctx.dir("preprocess"))
+    evaluate_split = _evaluate_reading if _reading(ctx) else _evaluate_generative(ctx, data)
+    summary = {}
+    for split in ("val", "test"):  # settings are chosen on val; test is reported beside it
+        result = evaluate_split(ctx, data, split)
+        if result is not None:
+            summary[split] = result
+    return summary
+
+
+def _evaluate_reading(ctx: Context, data: Any, split: str) -> dict[str, Any] | None:
     from qa_ebm.pipeline.evaluate_reading import evaluate_reading, write_results
     from qa_ebm.pipeline.reading import ReadingPipeline
 
-    data = load_processed(ctx.dir("preprocess"))
+    examples = data.reading_examples(split, answerable_only=True)
+    if not examples:
+        return None
     pipe = ReadingPipeline.from_pretrained(ctx.dir("export"))
-    summary = {}
-    for split in ("val", "test"):  # settings are chosen on val; test is reported beside it
-        examples = data.reading_examples(split, answerable_only=True)
+    result = evaluate_reading(pipe, examples)
+    result["split"] = split
+    write_results(result, ctx.dir("evaluate") / split, f"Reading pipeline {ctx.spec.name}: {split}")
+    return {r["row"]: {"em": r["exact_match"], "f1": r["f1"]} for r in result["rows"]}
+
+
+def _evaluate_generative(ctx: Context, data: Any) -> Callable[[Context, Any, str], dict[str, Any] | None]:
+    """The per-split evaluation of an answer pipeline, with the models every split shares loaded once."""
+    from qa_ebm.cli.evaluate import _baseline, _reference_lm, _regress
+    from qa_ebm.pipeline.evaluate_generative import evaluate_generative, write_results
+    from qa_ebm.pipeline.generative import QAPipeline
+
+    ec = ctx.config.evaluate
+    pipe = QAPipeline.from_pretrained(ctx.dir("export"))
+    regress = _regress(str(ctx.dir("train_regress"))) if "train_regress" in ctx.spec.stages else None
+    baseline = _baseline(str(ctx.dir("train_baseline"))) if "train_baseline" in ctx.spec.stages else None
+    reference_lm = _reference_lm(ec.reference_lm, None)
+    train = data.answer_examples("train")
+
+    def run(ctx: Context, data: Any, split: str) -> dict[str, Any] | None:
+        examples = data.answer_examples(split)[: ec.limit]
         if not examples:
-            continue
-        pipe.reset_timings()
-        result = evaluate_reading(pipe, examples)
+            return None
+        result = evaluate_generative(
+            pipe,
+            examples,
+            train,
+            steps=ec.steps,
+            candidates=ec.candidates,
+            regress=regress,
+            baseline=baseline,
+            reference_lm=reference_lm,
+        )
         result["split"] = split
-        write_results(result, ctx.dir("evaluate") / split, f"Reading pipeline {ctx.spec.name}: {split}")
-        summary[split] = {r["row"]: {"em": r["exact_match"], "f1": r["f1"]} for r in result["rows"]}
-    return summary
+        write_results(result, ctx.dir("evaluate") / split, f"Answer pipeline {ctx.spec.name}: {split}")
+        keys = ("bleu", "rougeL", "f1", "perplexity")
+        return {r["row"]: {k: r[k] for k in keys if k in r} for r in result["rows"]}
+
+    return run
 
 
 OUT_DIRS = {
     "preprocess": "data",
     "train_hvae": "hvae",
     "train_ebt": "ebt",
+    "train_regress": "regress",
+    "train_baseline": "baseline",
     "proposal": "proposal",
     "span_energy": "energy",
     "export": "pipeline",
@@ -265,10 +339,13 @@ STAGES: dict[str, tuple[Callable[[Context], dict[str, Any]], Sections, tuple[str
     "preprocess": (_stage_preprocess, ("data",), ()),
     "train_hvae": (_stage_train_hvae, ("hvae", "train_hvae"), ("preprocess",)),
     "train_ebt": (_stage_train_ebt, ("ebt", "train_ebt"), ("train_hvae",)),
+    "train_regress": (_stage_train_regress, ("ebt", "train_ebt"), ("train_hvae",)),
+    "train_baseline": (_stage_train_baseline, ("train_baseline",), ("train_hvae",)),
     "proposal": (_stage_proposal, (("reading", PROPOSAL_FIELDS),), ("preprocess",)),
     "span_energy": (_stage_span_energy, ("ebt", "reading"), ("train_hvae", "proposal")),
-    "export": (_stage_export, (), ("train_hvae", "proposal", "span_energy")),
-    "evaluate": (_stage_evaluate, (), ("export",)),
+    # a stage the spec does not run contributes an empty key: export is a reading or an answer pipeline
+    "export": (_stage_export, (), ("train_hvae", "train_ebt", "proposal", "span_energy")),
+    "evaluate": (_stage_evaluate, ("evaluate",), ("export", "train_regress", "train_baseline")),
 }
 
 
