@@ -252,3 +252,30 @@ def test_rank_mode_says_no_answer_above_the_threshold(pipe):
         else:
             assert (b.text, b.start, b.end) == ("", None, None)
             assert b.runners_up[0] == {"text": a.text, "start": a.start, "end": a.end, "energy": a.energy}
+
+
+def test_evaluate_scores_the_rows_and_squad_v2_groups(pipe):
+    from qa_ebm.pipeline.evaluate_reading import evaluate_reading, markdown
+
+    answerable = toy(6, 7)
+    unanswerable = [{**e, "id": f"u{e['id']}", "references": []} for e in toy(4, 8)]
+    questions, contexts = _inputs(unanswerable)
+    energies = sorted(a.energy for a in pipe(questions, contexts, mode="rank", decision="lowest"))
+    pipe.energy.config.no_answer_threshold = energies[1]  # two of the four unanswerable ones abstain (at least)
+    try:
+        result = evaluate_reading(pipe, answerable, steps=(1,), generate=False, unanswerable=unanswerable)
+    finally:
+        pipe.energy.config.no_answer_threshold = None
+    assert [r["row"] for r in result["rows"]] == [
+        "proposal",
+        "energy",
+        "rank",
+        "expected_f1",
+        "refine@1",
+        "best_sentence",
+    ]
+    assert all(r["count"] == 6 for r in result["rows"])
+    v2 = result["squad_v2"]
+    assert (v2["HasAns_total"], v2["NoAns_total"], v2["total"]) == (6, 4, 10)
+    assert v2["NoAns_exact"] >= 50.0  # an abstention is an exact "no answer"
+    assert "SQuAD v2, rank row" in markdown(result, "t")

@@ -54,11 +54,17 @@ def run(args: argparse.Namespace) -> int:
     if reading:
         from qa_ebm.pipeline.evaluate_reading import evaluate_reading, markdown, write_results
 
-        examples = data.reading_examples(args.split, answerable_only=True)[: args.limit]
+        every = data.reading_examples(args.split)[: args.limit]
+        examples = [e for e in every if not e["is_impossible"]]
         if not examples:
             raise DataError(f"{args.data}: split {args.split!r} has no answerable questions with a passage (SQuAD)")
         result = evaluate_reading(
-            load_pipeline(args.pipeline), examples, args.steps, args.batch_size, generate=not args.no_generate
+            load_pipeline(args.pipeline),
+            examples,
+            args.steps,
+            args.batch_size,
+            generate=not args.no_generate,
+            unanswerable=[e for e in every if e["is_impossible"]],
         )
     else:
         from qa_ebm.pipeline.evaluate_generative import evaluate_generative, markdown, write_results

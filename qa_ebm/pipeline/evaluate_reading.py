@@ -11,7 +11,9 @@ Rows (EM / F1 with the official SQuAD normalisation, against every gold answer):
     generate           the refined latent decoded by the HVAE decoder (free text)
     best_sentence      the passage sentence sharing the most words with the question (no model)
 
-Also: questions/s of each row's batched run, and the pipeline's share of time per stage.
+Also: questions/s of each row's batched run, and the pipeline's share of time per stage. When the split has
+SQuAD v2 unanswerable questions (`unanswerable`), the rank row answers them too, abstaining above the energy's
+no-answer threshold (set on val), scored as the official v2 script does: HasAns, NoAns and overall EM / F1.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from qa_ebm.io import write_json
-from qa_ebm.metrics.squad import normalize_answer, squad_scores
+from qa_ebm.metrics.squad import normalize_answer, squad_scores, squad_v2_scores
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
@@ -41,8 +43,10 @@ def evaluate_reading(
     steps: Sequence[int] = (1, 2, 5, 10, 20),
     batch_size: int = 32,
     generate: bool = True,
+    unanswerable: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Every row on the same examples; returns {rows: [{row, exact_match, f1, count, seconds, per_second}]}."""
+    """Every row on the same examples; returns {rows: [{row, exact_match, f1, count, seconds, per_second}]},
+    and with `unanswerable` (SQuAD v2 questions without an answer) a ``squad_v2`` section for the rank row."""
     refs = {e["id"]: e["references"] for e in examples}
     questions, contexts = [e["question"] for e in examples], [e["context"] for e in examples]
     lowest = {"decision": "lowest"}
@@ -88,12 +92,23 @@ def evaluate_reading(
         }
     )
     cfg = pipe.energy.config
-    return {
+    result = {
         "rows": rows,
         "examples": shown,
         "timings": dict(getattr(pipe, "timings", {})),
         "decision": {"rule": cfg.decision, "temperature": cfg.temperature},  # what `answer` uses by default
     }
+    if unanswerable:
+        every = [*examples, *unanswerable]
+        questions, contexts = [e["question"] for e in every], [e["context"] for e in every]
+        answers = pipe(questions, contexts, mode="rank", batch_size=batch_size)
+        preds = {e["id"]: a.text for e, a in zip(every, answers, strict=True)}
+        result["squad_v2"] = {
+            "row": "rank",
+            "no_answer_threshold": cfg.no_answer_threshold,
+            **squad_v2_scores(preds, {e["id"]: e["references"] for e in every}),
+        }
+    return result
 
 
 def markdown(result: dict[str, Any], title: str) -> str:
@@ -103,6 +118,16 @@ def markdown(result: dict[str, Any], title: str) -> str:
             f"| {r['row']} | {r['exact_match']:.1f} | {r['f1']:.1f} | {r['count']} | {r['per_second']} | "
             f"{r['mean_steps']:.1f} |"
         )
+    v2 = result.get("squad_v2")
+    if v2:
+        parts = [f"overall EM {v2['exact']:.1f} / F1 {v2['f1']:.1f} ({v2['total']})"]
+        parts += [
+            f"{g} EM {v2[g + '_exact']:.1f} / F1 {v2[g + '_f1']:.1f} ({v2[g + '_total']})"
+            for g in ("HasAns", "NoAns")
+            if g + "_total" in v2
+        ]
+        threshold = v2["no_answer_threshold"]
+        lines += ["", f"SQuAD v2, rank row, no-answer threshold {threshold}: " + "; ".join(parts)]
     decision = result.get("decision")
     if decision:
         lines += ["", f"Default decision rule (chosen on val): {decision['rule']}, T = {decision['temperature']:g}"]

@@ -10,7 +10,7 @@ For a batch of B questions and N candidates each:
     condition    x = encoder(question [, passage]); keys/values of every layer computed once per question
     start        y0 ~ N(0, I) on the real slots of [z_g; z_1..z_n] (standardised latent space), one draw
                  per (question, candidate) from a generator seeded by (seed, question text), so an answer
-                 does not depend on the rest of the batch
+                 does not depend on the rest of the batch (Langevin's per-step noise is drawn per batch)
     sentences    n, the number of sentence slots, is not known before the answer is: candidate 0 takes the
                  train answers' most common count, candidates 1..N-1 draw it from their count distribution;
                  the energy chooses among them like among any other candidates

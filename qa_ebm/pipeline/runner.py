@@ -265,11 +265,12 @@ def _evaluate_reading(ctx: Context, data: Any, split: str) -> dict[str, Any] | N
     from qa_ebm.pipeline.evaluate_reading import evaluate_reading, write_results
     from qa_ebm.pipeline.reading import ReadingPipeline
 
-    examples = data.reading_examples(split, answerable_only=True)
+    every = data.reading_examples(split)
+    examples = [e for e in every if not e["is_impossible"]]
     if not examples:
         return None
     pipe = ReadingPipeline.from_pretrained(ctx.dir("export"))
-    result = evaluate_reading(pipe, examples)
+    result = evaluate_reading(pipe, examples, unanswerable=[e for e in every if e["is_impossible"]])
     result["split"] = split
     write_results(result, ctx.dir("evaluate") / split, f"Reading pipeline {ctx.spec.name}: {split}")
     return {r["row"]: {"em": r["exact_match"], "f1": r["f1"]} for r in result["rows"]}
