@@ -13,7 +13,7 @@ Black_Death, Geology (three small articles), train = the other 34. Training stop
 
 Reference (DESIGN.md): 25 min on two cores -> F1 62.0 / EM 50.0 on test, 26 questions/s, p50 27 ms.
 
-    python bench/proposal_head.py [--max-seconds 1500] [--threads 2] [--eval-limit N] [--save DIR]
+    python bench/proposal_head.py [--max-seconds 1500] [--freeze-encoder] [--threads 2] [--eval-limit N] [--save DIR]
 
 Writes bench/results/proposal_head.json and .md (or --tag-suffixed names).
 """
@@ -128,6 +128,7 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=1500.0, help="training budget in seconds")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--encoder", default="all-MiniLM-L6-v2", help="Hub id, local dir or packaged alias")
+    parser.add_argument("--freeze-encoder", action="store_true", help="train the start/end layer only")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--max-length", type=int, default=256)
@@ -159,7 +160,9 @@ def main() -> int:
     print(json.dumps({"questions": counts}), flush=True)
 
     t0 = time.perf_counter()
-    model, tokenizer = SpanProposalHead.from_encoder(args.encoder, max_length=args.max_length, stride=args.stride)
+    model, tokenizer = SpanProposalHead.from_encoder(
+        args.encoder, max_length=args.max_length, stride=args.stride, freeze_encoder=args.freeze_encoder
+    )
     load_seconds = time.perf_counter() - t0
     torch.manual_seed(args.seed)
     train = train_proposal_head(
@@ -195,6 +198,7 @@ def main() -> int:
             "threads": torch.get_num_threads(),
         },
         "encoder": args.encoder,
+        "freeze_encoder": args.freeze_encoder,
         "encoder_load_seconds": round(load_seconds, 1),
         "max_seconds": args.max_seconds,
         "batch_size": args.batch_size,

@@ -332,6 +332,7 @@ class ReadingConfig:
     """Reading mode (SQuAD-style question + passage): the proposal head and the energy over candidates."""
 
     encoder: str = "all-MiniLM-L6-v2"  # Hub id or local dir of any AutoModel encoder (offline: the wheel)
+    freeze_encoder: bool = False  # train the proposal head's start/end layer only (the encoder's states fixed)
     max_length: int = 256  # tokens per question+passage window
     stride: int = 128  # overlap between windows
     max_answer_tokens: int = 30

@@ -76,3 +76,36 @@ def test_the_proposal_key_ignores_the_energy_settings_but_the_energy_key_does_no
     more_energy = keys(["reading.energy_max_questions=5", "reading.energy_max_seconds=9"])
     assert more_energy[0] == base[0] and more_energy[1] != base[1]
     assert keys(["reading.proposal_lr=0.001"])[0] != base[0]
+
+
+def test_an_answer_pipeline_runs_every_stage_and_reruns_only_what_changed(tmp_path):
+    from tiny import SMALL as TINY
+
+    from qa_ebm.pipeline import load_pipeline
+    from qa_ebm.pipeline.generative import QAPipeline
+
+    stages = ["preprocess", "train_hvae", "train_ebt", "train_regress", "train_baseline", "export", "evaluate"]
+    small = [*TINY, "train_baseline.steps=2", "train_baseline.warmup_steps=1", "train_baseline.batch_size=8"]
+    small += ["train_baseline.max_answer_tokens=24", "evaluate.steps=[1, 2]", "evaluate.limit=8"]
+
+    def spec(extra: list[str]):
+        path = tmp_path / "p.yaml"
+        inputs = {
+            "squad": str(ROOT / "data" / "squad_sample.json"),
+            "physics": str(ROOT / "data" / "physics_sample.jsonl"),
+        }
+        body = {"name": "g", "config": str(ROOT / "configs" / "tiny.yaml"), "out": str(tmp_path / "out"),
+                "set": [*small, *extra], "inputs": inputs, "stages": stages}  # fmt: skip
+        path.write_text(yaml.safe_dump(body))
+        return load_spec(path)
+
+    first = run_pipeline(spec([]), progress=False)
+    assert [r.status for r in first] == ["ran"] * 7 and first[5].summary["kind"] == "QAPipeline"
+    assert isinstance(load_pipeline(tmp_path / "out" / "pipeline"), QAPipeline)
+    for split in ("val", "test"):
+        rows = first[6].summary[split]
+        assert {"ebt", "ebt@1", "ebt@2", "regression", "retrieval", "prior", "autoregressive"} <= set(rows)
+        assert (tmp_path / "out" / "eval" / split / "results.md").is_file()
+    again = run_pipeline(spec(["evaluate.candidates=1"]), progress=False)
+    assert [r.status for r in again] == ["skipped"] * 6 + ["ran"]
+    assert "ebt best-of-4" not in again[6].summary["val"]

@@ -158,7 +158,11 @@ def _stage_proposal(ctx: Context) -> dict[str, Any]:
     if not examples:
         raise DataError(f"{ctx.dir('preprocess')}: the train split has no questions with a passage (SQuAD)")
     model, tokenizer = SpanProposalHead.from_encoder(
-        rc.encoder, max_length=rc.max_length, stride=rc.stride, max_answer_tokens=rc.max_answer_tokens
+        rc.encoder,
+        max_length=rc.max_length,
+        stride=rc.stride,
+        max_answer_tokens=rc.max_answer_tokens,
+        freeze_encoder=rc.freeze_encoder,
     )
     result = train_proposal_head(
         model,
@@ -325,6 +329,7 @@ OUT_DIRS = {
 # The reading fields the proposal stage reads: the energy's settings change without retraining the head.
 PROPOSAL_FIELDS = (
     "encoder",
+    "freeze_encoder",
     "max_length",
     "stride",
     "max_answer_tokens",
