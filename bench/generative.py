@@ -74,9 +74,14 @@ def markdown(result: dict) -> str:
         for row in ("ebt", "regression", "autoregressive", "reconstruction"):
             shown = w["splits"]["test"]["examples"].get(row, [])[:2]
             if shown:
-                lines.append(f"- {row}: " + " / ".join(f"{e['question']!r} -> {e['answer']!r}" for e in shown))
+                pairs = [f"{_cut(e['question'], 80)!r} -> {_cut(e['answer'], 120)!r}" for e in shown]
+                lines.append(f"- {row}: " + " / ".join(pairs))
         lines.append("")
     return "\n".join(lines)
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def main() -> None:
@@ -85,7 +90,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-generative")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--force", action="store_true", help="rerun every stage")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the saved .json")
     args = parser.parse_args()
+    if args.report_only:
+        result = json.loads((args.out / "generative.json").read_text())
+        (args.out / "generative.md").write_text(markdown(result))
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = {
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}",

@@ -222,7 +222,8 @@ def markdown(result: dict[str, Any], title: str) -> str:
     lines.append(f"Sampler: {result['sampler']}; seed {result['seed']}; reference LM: {result['reference_lm']}")
     for name, shown in result.get("examples", {}).items():
         if name in ("ebt", "reconstruction") and shown:
-            lines += ["", f"{name}: " + " / ".join(f"{s['question']!r} -> {s['answer']!r}" for s in shown[:2])]
+            pairs = [f"{s['question'][:80]!r} -> {s['answer'][:120]!r}" for s in shown[:2]]
+            lines += ["", f"{name}: " + " / ".join(pairs)]
     return "\n".join(lines) + "\n"
 
 
