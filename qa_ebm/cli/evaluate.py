@@ -67,7 +67,14 @@ def run(args: argparse.Namespace) -> int:
             unanswerable=[e for e in every if e["is_impossible"]],
         )
     else:
-        from qa_ebm.pipeline.evaluate_generative import evaluate_generative, markdown, write_results
+        from qa_ebm.pipeline.evaluate_generative import (
+            evaluate_generative,
+            load_baseline,
+            load_reference_lm,
+            load_regress,
+            markdown,
+            write_results,
+        )
 
         examples = data.answer_examples(args.split)[: args.limit]
         if not examples:
@@ -78,43 +85,12 @@ def run(args: argparse.Namespace) -> int:
             data.answer_examples("train"),
             steps=args.steps,
             candidates=args.candidates,
-            regress=_regress(args.regress),
-            baseline=_baseline(args.baseline),
-            reference_lm=_reference_lm(args.reference_lm, args.gguf_file),
+            regress=load_regress(args.regress),
+            baseline=load_baseline(args.baseline),
+            reference_lm=load_reference_lm(args.reference_lm, args.gguf_file),
             batch_size=args.batch_size,
         )
     result.update({"pipeline": str(args.pipeline), "data": str(args.data), "split": args.split})
     write_results(result, Path(args.out), title)
     print(markdown(result, title), end="")  # plain: a markdown table must not be wrapped to the terminal
     return 0
-
-
-def _regress(run: str | None):
-    if run is None:
-        return None
-    from qa_ebm.models.ebt import LatentRegressor
-    from qa_ebm.training.ebt_trainer import load_ebt
-
-    model = load_ebt(run)
-    if not isinstance(model, LatentRegressor):
-        raise DataError(f"--regress {run}: holds a {type(model).__name__}, not a regress run")
-    return model.eval()
-
-
-def _baseline(run: str | None):
-    if run is None:
-        return None
-    from qa_ebm.models.baseline import BaselineAnswerer
-
-    return BaselineAnswerer.from_pretrained(run)
-
-
-def _reference_lm(name: str | None, gguf_file: str | None):
-    if name is None:
-        return None
-    from qa_ebm.metrics.text import ReferenceLM, smollm2_gguf
-
-    if name == "smollm2":
-        directory, gguf = smollm2_gguf()
-        return ReferenceLM(directory, gguf_file=gguf, bos_token="<|endoftext|>")  # see ReferenceLM's docstring
-    return ReferenceLM(name, gguf_file=gguf_file)

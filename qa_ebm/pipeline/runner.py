@@ -282,15 +282,20 @@ def _evaluate_reading(ctx: Context, data: Any, split: str) -> dict[str, Any] | N
 
 def _evaluate_generative(ctx: Context, data: Any) -> Callable[[Context, Any, str], dict[str, Any] | None]:
     """The per-split evaluation of an answer pipeline, with the models every split shares loaded once."""
-    from qa_ebm.cli.evaluate import _baseline, _reference_lm, _regress
-    from qa_ebm.pipeline.evaluate_generative import evaluate_generative, write_results
+    from qa_ebm.pipeline.evaluate_generative import (
+        evaluate_generative,
+        load_baseline,
+        load_reference_lm,
+        load_regress,
+        write_results,
+    )
     from qa_ebm.pipeline.generative import QAPipeline
 
     ec = ctx.config.evaluate
     pipe = QAPipeline.from_pretrained(ctx.dir("export"))
-    regress = _regress(str(ctx.dir("train_regress"))) if "train_regress" in ctx.spec.stages else None
-    baseline = _baseline(str(ctx.dir("train_baseline"))) if "train_baseline" in ctx.spec.stages else None
-    reference_lm = _reference_lm(ec.reference_lm, None)
+    regress = load_regress(ctx.dir("train_regress")) if "train_regress" in ctx.spec.stages else None
+    baseline = load_baseline(ctx.dir("train_baseline")) if "train_baseline" in ctx.spec.stages else None
+    reference_lm = load_reference_lm(ec.reference_lm)
     train = data.answer_examples("train")
 
     def run(ctx: Context, data: Any, split: str) -> dict[str, Any] | None:
