@@ -244,6 +244,7 @@ def test_rank_mode_says_no_answer_above_the_threshold(pipe):
     pipe.energy.config.no_answer_threshold = cut
     try:
         abstained = pipe(questions, contexts, mode="rank", decision="lowest")
+        assert pipe(questions, contexts, mode="rank", decision="lowest", abstain=False) == answered
     finally:
         pipe.energy.config.no_answer_threshold = None
     for a, b in zip(answered, abstained, strict=True):
@@ -275,6 +276,9 @@ def test_evaluate_scores_the_rows_and_squad_v2_groups(pipe):
         "best_sentence",
     ]
     assert all(r["count"] == 6 for r in result["rows"])
+    rows = {r["row"]: r for r in result["rows"]}
+    plain = evaluate_reading(pipe, answerable, steps=(1,), generate=False)["rows"]
+    assert rows["rank"]["f1"] == next(r["f1"] for r in plain if r["row"] == "rank")  # answerable rows never abstain
     v2 = result["squad_v2"]
     assert (v2["HasAns_total"], v2["NoAns_total"], v2["total"]) == (6, 4, 10)
     assert v2["NoAns_exact"] >= 50.0  # an abstention is an exact "no answer"

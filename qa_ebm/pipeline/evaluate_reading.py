@@ -51,8 +51,9 @@ def evaluate_reading(
     questions, contexts = [e["question"] for e in examples], [e["context"] for e in examples]
     lowest = {"decision": "lowest"}
     runs: list[tuple[str, dict[str, Any]]] = [("proposal", {"mode": "proposal"})]
-    runs += [("energy", {"mode": "energy", **lowest}), ("rank", {"mode": "rank", **lowest})]
-    runs.append(("expected_f1", {"mode": "rank", "decision": "expected_f1"}))
+    # on answerable questions every row answers with a span; abstention is judged in the squad_v2 section
+    runs += [("energy", {"mode": "energy", **lowest}), ("rank", {"mode": "rank", "abstain": False, **lowest})]
+    runs.append(("expected_f1", {"mode": "rank", "decision": "expected_f1", "abstain": False}))
     runs += [(f"refine@{n}", {"mode": "refine", "steps": n}) for n in steps]
     if generate:
         runs.append(("generate", {"mode": "generate", "steps": max(steps)}))

@@ -183,11 +183,13 @@ class ReadingPipeline:
         init: str = "proposal",
         decision: str | None = None,
         temperature: float | None = None,
+        abstain: bool = True,
     ) -> list[ReadingAnswer]:
         """One answer per (question, passage); `top_n` - 1 runners-up each. `steps` (refine / generate): the
         sampler's step cap for this call (None: its configured cap). `init`: refinement starts from the best
         proposal's latent ("proposal") or from N(0, I) noise ("noise", seeded with ``self.seed``).
         `decision` / `temperature` (energy and rank modes): the decision rule, None for the energy config's.
+        `abstain=False`: rank mode always answers with a span, whatever the no-answer threshold.
 
         Raises DataError for a non-string question and for an empty, whitespace-only or binary passage,
         naming the question's index.
@@ -226,6 +228,7 @@ class ReadingPipeline:
                     top_n,
                     init,
                     rule,
+                    self.energy.config.no_answer_threshold if abstain else None,
                     generator,
                 )
         return answers
@@ -241,6 +244,7 @@ class ReadingPipeline:
         top_n: int,
         init: str,
         rule: tuple[str, float],
+        threshold: float | None,
         generator: torch.Generator,
     ) -> list[ReadingAnswer]:
         cfg = self.energy.config
@@ -278,7 +282,7 @@ class ReadingPipeline:
             return [_ranked(cs, en, top_n, *rule) for cs, en in zip(cands, e_theta, strict=True)]
         if mode == "rank":
             answers = [_ranked(cs, en, top_n, *rule) for cs, en in zip(cands, e_total, strict=True)]
-            return [_abstain_above(a, cfg.no_answer_threshold) for a in answers]
+            return [_abstain_above(a, threshold) for a in answers]
 
         # Refinement on E_theta from the best proposal's latent (candidates are sorted by proposal score, so
         # it is each question's first row), reading that candidate's window through the cached condition.
