@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 from qa_ebm.errors import CheckpointError
-from qa_ebm.io import write_json
 from qa_ebm.metrics.squad import squad_scores
 from qa_ebm.metrics.text import ReferenceLM, text_scores
+from qa_ebm.pipeline.reports import save_figure, write_report
 
 Example = dict[str, Any]
 
@@ -78,7 +78,12 @@ def evaluate_generative(
     answers = add("ebt", lambda: pipe(questions, contexts, batch_size=batch_size))
     curves = [a.energies for a in answers]
     steps_used = [a.steps for a in answers]
+    cap = pipe.sampler_config.get("max_steps") if pipe.sampler_config["name"] != "ired" else None
     for n in steps:
+        if n == cap:  # the pipeline's own cap: the ebt row already is this run
+            rows.append({**rows[0], "row": f"ebt@{n}"})
+            shown[f"ebt@{n}"] = shown["ebt"]
+            continue
         add(f"ebt@{n}", lambda n=n: pipe(questions, contexts, steps=n, batch_size=batch_size))
     if candidates > 1:
         best_of = {"candidates": candidates, "batch_size": batch_size}
@@ -134,7 +139,7 @@ def regression_answers(pipe: Any, regress: Any, questions: list[str], contexts: 
     for lo in range(0, len(questions), batch_size):
         qs, cs = questions[lo : lo + batch_size], contexts[lo : lo + batch_size]
         x, mask = encoder(qs, cs)
-        slot_mask = torch.cat([pipe.start(q, 1, pipe.seed)[1] for q in qs])
+        slot_mask = pipe.usual_slot_mask().expand(len(qs), -1)
         y = regress.predict(regress.condition(x, mask), slot_mask)
         texts += pipe.answer_encoder.decode(regress.unstandardize(y), slot_mask)
     return texts
@@ -284,14 +289,14 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ax.set_xlabel("refinement step cap")
     ax.set_ylabel("score (0-100)")
     ax.legend(fontsize=7)
-    _save(fig, out / "quality_vs_steps.png")
+    save_figure(fig, out / "quality_vs_steps.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = result["steps_by_length"]
     ax.scatter([p["words"] for p in pts], [p["steps"] for p in pts], s=8, alpha=0.5)
     ax.set_xlabel("gold answer length (words)")
     ax.set_ylabel("refinement steps used")
-    _save(fig, out / "steps_vs_length.png")
+    save_figure(fig, out / "steps_vs_length.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     curves = result["energy_curves"]
@@ -304,23 +309,9 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("energy")
     ax.legend()
-    _save(fig, out / "energy_curves.png")
-
-
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, out / "energy_curves.png")
 
 
 def write_results(result: dict[str, Any], out: Path, title: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", result)
-    tmp = out / ".results.md.tmp"
-    tmp.write_text(markdown(result, title))
-    tmp.replace(out / "results.md")
+    write_report(out, result, markdown(result, title))
     plot(result, out)

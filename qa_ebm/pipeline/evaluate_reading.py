@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qa_ebm.io import write_json
 from qa_ebm.metrics.squad import normalize_answer, squad_scores, squad_v2_scores
+from qa_ebm.pipeline.reports import save_figure, write_report
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
@@ -159,17 +159,9 @@ def plot_f1_vs_steps(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("refinement steps")
     ax.set_ylabel("F1")
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def write_results(result: dict[str, Any], out: Path, title: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", result)
-    tmp = out / ".results.md.tmp"
-    tmp.write_text(markdown(result, title))
-    tmp.replace(out / "results.md")
+    write_report(out, result, markdown(result, title))
     plot_f1_vs_steps(result, out / "f1_vs_steps.png")

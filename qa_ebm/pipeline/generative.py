@@ -52,6 +52,7 @@ from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.models.answer_encoder import AnswerEncoder
 from qa_ebm.models.ebt import Condition, EnergyTransformer, LatentModel
 from qa_ebm.models.question_encoder import LEARNED, FrozenConditionEncoder, LearnedConditionTokens
+from qa_ebm.pipeline.directory import read_meta
 from qa_ebm.pipeline.sampling import build_from_config, sampler_config
 
 log = logging.getLogger(__name__)
@@ -256,13 +257,18 @@ class QAPipeline:
             answers += self._answer(questions[lo:hi], contexts[lo:hi], steps, candidates, config, seed, trace)
         return answers
 
+    def usual_slot_mask(self) -> torch.Tensor:
+        """(1, P) slot mask of the train answers' most common sentence count: z_g and slots 1..n."""
+        n = max(range(len(self.sentence_counts)), key=self.sentence_counts.__getitem__) + 1
+        return torch.arange(self.energy.spec.num_slots)[None, :] <= n
+
     def start(self, question: str, candidates: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Start latents (N, P, D) and slot masks (N, P) of one question's N candidates (see the module docstring)."""
         P, D = self.energy.spec.num_slots, self.energy.spec.latent_dim
         gen = torch.Generator().manual_seed(question_seed(seed, question))
         shares = torch.tensor(self.sentence_counts)
         counts = torch.multinomial(shares, candidates, replacement=True, generator=gen) + 1  # (N,)
-        counts[0] = int(shares.argmax()) + 1
+        counts[0] = int(self.usual_slot_mask().sum()) - 1
         mask = torch.arange(P)[None, :] <= counts[:, None]  # slot 0 (z_g) and slots 1..n
         y0 = torch.randn(candidates, P, D, generator=gen) * mask.unsqueeze(-1)
         return y0, mask
@@ -407,16 +413,7 @@ class QAPipeline:
     def from_pretrained(cls, directory: str | Path) -> QAPipeline:
         """Load and validate a directory written by :meth:`save_pretrained` (no pickle, no remote code)."""
         d = Path(directory)
-        missing = [p for p in (PIPELINE_FILE, ENERGY_DIR, *HVAE_PARTS) if not (d / p).exists()]
-        if missing:
-            raise CheckpointError(f"{d}: not an answer pipeline directory (missing {', '.join(missing)})")
-        where = str(d / PIPELINE_FILE)
-        try:
-            meta = json.loads((d / PIPELINE_FILE).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{where}: not valid JSON ({e})") from e
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CheckpointError(f"{where}: not an answer pipeline (format should be {FORMAT!r})")
+        meta, where = read_meta(d, PIPELINE_FILE, (ENERGY_DIR, *HVAE_PARTS), FORMAT, "an answer pipeline")
         if meta.get("version") != FORMAT_VERSION:
             raise CheckpointError(
                 f"{where}: format version {meta.get('version')!r} (written by qa-ebm {meta.get('qa_ebm')}); this "

@@ -47,6 +47,7 @@ import torch
 
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.models.answer_encoder import AnswerEncoder
+from qa_ebm.pipeline.directory import read_meta
 from qa_ebm.pipeline.sampling import build_from_config
 from qa_ebm.reading.decision import check_rule, decide
 from qa_ebm.reading.energy import (
@@ -348,16 +349,8 @@ class ReadingPipeline:
     def from_pretrained(cls, directory: str | Path) -> ReadingPipeline:
         """Load and validate a directory written by :meth:`save_pretrained` (no pickle, no remote code)."""
         d = Path(directory)
-        missing = [p for p in (PIPELINE_FILE, PROPOSAL_DIR, ENERGY_DIR, *HVAE_PARTS) if not (d / p).exists()]
-        if missing:
-            raise CheckpointError(f"{d}: not a reading pipeline directory (missing {', '.join(missing)})")
-        where = str(d / PIPELINE_FILE)
-        try:
-            meta = json.loads((d / PIPELINE_FILE).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{where}: not valid JSON ({e})") from e
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CheckpointError(f"{where}: not a reading pipeline (format should be {FORMAT!r})")
+        parts = (PROPOSAL_DIR, ENERGY_DIR, *HVAE_PARTS)
+        meta, where = read_meta(d, PIPELINE_FILE, parts, FORMAT, "a reading pipeline")
         if meta.get("version") != FORMAT_VERSION:
             raise CheckpointError(f"{where}: format version {meta.get('version')!r}; this code reads {FORMAT_VERSION}")
         keys = {"format", "version", "windows", "sampler", "seed"}
