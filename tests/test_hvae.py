@@ -133,6 +133,48 @@ def test_decoding_strategies_give_one_token_list_per_real_sentence(decoder, sett
     assert all(len(s) <= 7 and SPEC.eos_id not in s and SPEC.pad_id not in s for a in out for s in a)
 
 
+def _greedy_without_cache(decoder, plan: torch.Tensor, settings: DecodeSettings) -> list[list[int]]:
+    """Reference greedy decoding: the whole sequence through the LM at every step, no KV cache, no row dropping."""
+    start = torch.full((len(plan), 1), decoder.start_id, dtype=torch.long)
+    seq, done = start, torch.zeros(len(plan), dtype=torch.bool)
+    for t in range(settings.max_new_tokens):
+        if hasattr(decoder.lm, "transformer"):  # GPT-2: prefix vectors, then the tokens' embeddings
+            embeds = torch.cat([decoder.prefix(plan), decoder.lm.get_input_embeddings()(seq)], dim=1)
+            logits = decoder.lm(inputs_embeds=embeds, use_cache=False).logits[:, -1]
+        else:  # BART: the tokens, cross-attending to the memory
+            logits = decoder.lm(input_ids=seq, encoder_hidden_states=decoder.prefix(plan), use_cache=False).logits[
+                :, -1
+            ]
+        if t < settings.min_new_tokens:
+            logits[:, decoder.eos_id] = float("-inf")
+        step = logits.argmax(-1).masked_fill(done, decoder.pad_id)
+        done |= step == decoder.eos_id
+        seq = torch.cat([seq, step[:, None]], dim=1)
+    return decoder._strip(seq[:, 1:])
+
+
+@pytest.mark.parametrize("decoder", ["scratch-gpt2", "scratch-bart"])
+@pytest.mark.parametrize("min_new_tokens", [0, 4])
+@torch.no_grad()
+def test_cached_greedy_decoding_gives_the_tokens_of_full_recomputation(decoder, min_new_tokens):
+    model = tiny(decoder).eval()
+    # Untied random output embeddings with a heavy EOS row, so that rows end at different steps (an untrained
+    # tied LM repeats its input: EOS, the start token, at once); the rows that finish leave the cached batch.
+    out = torch.randn(SPEC.vocab_size, 32, generator=torch.Generator().manual_seed(2))
+    out[SPEC.eos_id] *= 3
+    model.decoder.lm.get_output_embeddings().weight = torch.nn.Parameter(out)
+    settings = DecodeSettings(max_new_tokens=7, min_new_tokens=min_new_tokens)
+    plan = torch.randn(12, 32, generator=torch.Generator().manual_seed(1)) * 3
+    got = model.decoder.generate(plan, settings)
+    assert got == _greedy_without_cache(model.decoder, plan, settings)
+    if decoder == "scratch-gpt2":  # rows of several lengths, and the tokens transformers' generate gives
+        assert len({len(s) for s in got}) > 1
+        start = torch.full((12, 1), model.decoder.start_id, dtype=torch.long)
+        embeds = torch.cat([model.decoder.prefix(plan), model.decoder.lm.get_input_embeddings()(start)], dim=1)
+        kwargs = model.decoder._generate_kwargs(settings)
+        assert got == model.decoder._strip(model.decoder.lm.generate(inputs_embeds=embeds, **kwargs))
+
+
 def test_word_dropout_only_in_training_and_never_on_eos():
     model = tiny()
     x = batch()
