@@ -126,10 +126,16 @@ def test_bad_questions_are_refused(pipe, question, message):
         pipe(question)
 
 
-def test_a_long_question_is_cut_with_a_warning(pipe, caplog):
+def test_a_long_question_is_cut_with_a_warning(pipe, caplog, monkeypatch):
+    counted = []
+    token_counts = pipe.condition_encoder.token_counts
+    monkeypatch.setattr(
+        pipe.condition_encoder, "token_counts", lambda q, c: counted.append(list(q)) or token_counts(q, c)
+    )
     with caplog.at_level("WARNING"):
-        pipe("why " * 200)
-    assert "longer than the 24 tokens" in caplog.text
+        pipe(["why " * 200, QUESTIONS[0]])
+    assert "1 of 2 questions are longer than the 24 tokens" in caplog.text
+    assert counted == [["why " * 200]]  # a question that fits is tokenised once, not again to count its tokens
 
 
 def test_a_passage_for_a_pipeline_trained_without_passages_is_refused(pipe):
