@@ -47,7 +47,7 @@ import torch
 
 from qa_ebm import __version__
 from qa_ebm.data.text_checks import check_text
-from qa_ebm.energy.samplers import SampleResult
+from qa_ebm.energy.samplers import LangevinSampler, SampleResult
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.models.answer_encoder import AnswerEncoder
 from qa_ebm.models.ebt import Condition, EnergyTransformer, LatentModel
@@ -347,11 +347,21 @@ class QAPipeline:
             zeros = torch.zeros(len(y0), dtype=torch.long, device=y0.device)
             return SampleResult(y0, energy, zeros, [[] for _ in range(len(y0))], energy, zeros.float())
 
-        def energy_fn(y: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
-            return self.energy.energy(cond, y, mask, k)
-
+        sampler = build_from_config(config, steps)
         generator = torch.Generator(device=y0.device).manual_seed(seed)  # Langevin's noise; gd draws none
-        return build_from_config(config, steps).sample(energy_fn, y0, mask, generator=generator)
+        # Refine only the slots up to the batch's last real one: the rest are masked out of the energy and never
+        # move, yet each would cost a soft token in every layer of every step (an answer of the usual one or two
+        # sentences uses 2-3 of 1 + max_sentences slots). Positions keep their indices, so the energy is the
+        # same up to float rounding. Not for Langevin, whose noise is drawn over the whole latent's shape.
+        used = y0.shape[1] if isinstance(sampler, LangevinSampler) else int(mask.any(0).nonzero().max()) + 1
+        slots = mask[:, :used]
+
+        def energy_fn(y: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
+            return self.energy.energy(cond, y, slots, k)
+
+        result = sampler.sample(energy_fn, y0[:, :used], slots, generator=generator)
+        result.y = torch.cat([result.y, y0[:, used:]], dim=1)  # (B, P, D): the unused slots as they started
+        return result
 
     def _trace(self, cond, y0, mask, config, used: int, seed: int) -> list[dict[str, Any]]:
         """The latent decoded at TRACE_STEPS and at the last step (rerun with that cap: the samplers are
