@@ -446,33 +446,54 @@ def speed_markdown(result: dict, ab_pairs: list[dict]) -> str:
         )
     lines += [
         "## Latency at batch 1 (ms)\n",
-        "| stage | median (p05, p95) | share of p50 |",
-        "| --- | --- | --- |",
+        "| stage | wall median (p05, p95) | CPU median (p05, p95) | share of wall p50 |",
+        "| --- | --- | --- | --- |",
     ]
     total = lat["total"]["median"]
     for stage in (*STAGES, "other", "total"):
-        lines.append(f"| {stage} | {ms(lat[stage])} | {lat[stage]['median'] / total:.0%} |")
+        cpu = ms(lat["cpu"][stage]) if stage in lat["cpu"] else "-"
+        lines.append(f"| {stage} | {ms(lat[stage])} | {cpu} | {lat[stage]['median'] / total:.0%} |")
     if "smollm2_total" in lat:
-        lines.append(f"| SmolLM2-135M generate | {ms(lat['smollm2_total'])} | {lat['ratio_p50']:.1f}x ours |")
+        lines.append(
+            f"| SmolLM2-135M generate | {ms(lat['smollm2_total'])} | {ms(lat['cpu']['smollm2_total'])} | "
+            f"{lat['ratio_p50']:.1f}x ours |"
+        )
     goal = "met" if total * 1e3 < GOALS["p50_ms"] else "missed"
+    lines += ["", f"p95 of ours: {lat['total']['p95'] * 1e3:.1f} ms wall. Goal p50 < {GOALS['p50_ms']:.0f} ms: {goal}."]
+    if "smollm2_total" in lat:
+        r = lat["ratio_per_question"]
+        lines.append(
+            f"SmolLM2 over ours, question by question (back to back): median {r['median']:.1f}x "
+            f"(p05 {r['p05']:.1f}x, p95 {r['p95']:.1f}x); by CPU time: "
+            f"{lat['cpu']['smollm2_total']['median'] / lat['cpu']['total']['median']:.1f}x."
+        )
     lines += [
         "",
-        f"p95 of ours: {lat['total']['p95'] * 1e3:.1f} ms. Goal p50 < {GOALS['p50_ms']:.0f} ms: {goal}.\n",
         "## Throughput (questions/s)\n",
     ]
-    lines += [
-        "| batch | answer (encode + refine + decode) | refine only (encode + refine) | answer median s (spread) |"
-    ]
-    lines += ["| --- | --- | --- | --- |"]
+    lines += ["| batch | answer, wall | refine only, wall | answer, CPU | refine only, CPU | answer s (spread) |"]
+    lines += ["| --- | --- | --- | --- | --- | --- |"]
     for b, t in result["throughput"].items():
         lines.append(
-            f"| {b} | {t['answer_qps']:.1f} | {t['refine_qps']:.1f} | {t['answer']['median']:.3f} "
-            f"({t['answer']['spread']:.0%}) |"
+            f"| {b} | {t['answer_qps']:.1f} | {t['refine_qps']:.1f} | {t['cpu_answer_qps']:.1f} | "
+            f"{t['cpu_refine_qps']:.1f} | {t['answer']['median']:.3f} ({t['answer']['spread']:.0%}) |"
         )
     best = max(t["answer_qps"] for t in result["throughput"].values())
     lines.append(
         f"\nGoal >= {GOALS['questions_per_s']:.0f} questions/s batched: {'met' if best >= 20 else 'missed'}.\n"
     )
+    if result.get("compile"):
+        lines += [
+            "## torch.compile on the refinement step (energy + dE/dy, CPU ms, interleaved)\n",
+            "| batch | eager | compiled | speed-up | first call (compiling), s |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for b, c in result["compile"].items():
+            lines.append(
+                f"| {b} | {c['eager']['median'] * 1e3:.2f} | {c['compiled']['median'] * 1e3:.2f} | "
+                f"{c['speedup']:.2f}x | {c['compile_s']:.0f} |"
+            )
+        lines.append("")
     if result.get("profile"):
         lines += ["## Profile (torch.profiler, batch 1, self CPU time of the top operators)\n", "```"]
         lines += [result["profile"], "```", ""]
@@ -595,6 +616,45 @@ def plots(result: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def compile_check(pipe, question: str) -> dict:
+    """One energy + dE/dy evaluation (a refinement step's work) eager and under torch.compile, CPU ms, at batch
+    1 and 64 over the usual slots; and the seconds the first compiled call took (compiling)."""
+    energy = pipe.energy
+    compiled = torch.compile(energy.energy, dynamic=True)
+    out = {}
+    for batch in (1, 64):
+        with torch.no_grad():
+            cond = pipe._condition([question] * batch, [None] * batch, warn=False)
+        y0, mask = pipe.start(question, 1, pipe.seed)
+        used = int(mask.sum())
+        y0, mask = y0[:, :used].repeat(batch, 1, 1), mask[:, :used].repeat(batch, 1)
+
+        def step(fn, cond=cond, y0=y0, mask=mask):
+            with torch.enable_grad():
+                y = y0.clone().requires_grad_(True)
+                torch.autograd.grad(fn(cond, y, mask).sum(), y)
+
+        wall = time.perf_counter()
+        step(compiled)
+        compile_s = time.perf_counter() - wall
+        samples: dict[str, list[float]] = {"eager": [], "compiled": []}
+        for _ in range(3):
+            step(energy.energy)
+            step(compiled)
+        for _ in range(30):  # interleaved
+            for kind, fn in (("eager", energy.energy), ("compiled", compiled)):
+                cpu = time.process_time()
+                step(fn)
+                samples[kind].append(time.process_time() - cpu)
+        stats = {k: summarise(v) for k, v in samples.items()}
+        out[str(batch)] = {
+            **stats,
+            "compile_s": compile_s,
+            "speedup": stats["eager"]["median"] / stats["compiled"]["median"],
+        }
+    return out
+
+
 def profile_table(pipe, questions: list[str]) -> str:
     from torch.profiler import ProfilerActivity, profile
 
@@ -620,6 +680,7 @@ def main() -> None:
     parser.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2-135M side (--quick does)")
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--profile", action="store_true", help="add a torch.profiler table of batch-1 answers")
+    parser.add_argument("--compile", action="store_true", help="time a refinement step under torch.compile too")
     parser.add_argument("--ab", help="a tree (e.g. a git worktree) whose qa_ebm is the 'before' side")
     parser.add_argument("--label", default="", help="--ab: what changed")
     parser.add_argument("--rounds", type=int, default=4, help="--ab: alternating rounds")
@@ -676,6 +737,9 @@ def main() -> None:
     repeats = {1: 5, 16: 3, 64: 2} if args.quick else {1: 20, 16: 7, 64: 5}
     log("throughput")
     result["throughput"] = throughput(pipe, questions, repeats)
+    if args.compile:
+        log("torch.compile check")
+        result["compile"] = compile_check(QAPipeline.from_pretrained(pipeline_dir), questions[0])
     if args.profile:
         result["profile"] = profile_table(QAPipeline.from_pretrained(pipeline_dir), questions)
     if not args.no_scaling:
