@@ -560,7 +560,7 @@ def scaling_markdown(result: dict) -> str:
         lines += [
             "",
             f"## {AXIS_NAMES[axis]}\n",
-            "| value | latency ms (spread) | encode | refine | decode | step ms | tokens |",
+            "| value | latency, CPU ms (spread) | encode | refine | decode | refine step ms | tokens |",
         ]
         lines.append("| --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
@@ -695,6 +695,7 @@ def main() -> None:
     parser.add_argument("--ab", help="a tree (e.g. a git worktree) whose qa_ebm is the 'before' side")
     parser.add_argument("--label", default="", help="--ab: what changed")
     parser.add_argument("--rounds", type=int, default=4, help="--ab: alternating rounds")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the .md and .png from the saved .json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.questions is None:
@@ -702,6 +703,15 @@ def main() -> None:
     args.work = args.work or ROOT / "runs" / ("bench-answer-quick" if args.quick else "bench-answer")
     if args.worker:
         worker(args)
+        return
+    if args.report_only:
+        out = args.out or ROOT / "bench" / "results"
+        result = json.loads((out / "answer_speed.json").read_text())
+        ab_file = out / "answer_speed_ab.json"
+        (out / "answer_speed.md").write_text(speed_markdown(result, json.loads(ab_file.read_text())))
+        if "scaling" in result:
+            (out / "answer_scaling.md").write_text(scaling_markdown(result))
+        plots(result, out)
         return
     torch.set_num_threads(args.threads)
     budget = "quick" if args.quick else "full"
