@@ -63,6 +63,11 @@ def launch_state():
     return state
 
 
+def is_main_process() -> bool:
+    """Whether this process is the one that writes and reports (always, with one process)."""
+    return launch_state().is_main_process
+
+
 def barrier() -> None:
     launch_state().wait_for_everyone()
 
@@ -104,14 +109,23 @@ def on_main(fn: Callable[[], T]) -> T:
 class Share:
     """One process's block of a step's global batch."""
 
-    rows: np.ndarray  # dataset rows this process trains on
-    start: int  # where they begin in the global batch
-    total: int  # rows in the global batch (all processes)
+    batch: np.ndarray  # the global batch's dataset rows (all processes)
+    start: int  # where this process's block begins in it
+    stop: int
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The dataset rows this process trains on."""
+        return self.batch[self.part]
 
     @property
     def part(self) -> slice:
         """This process's rows of anything laid out like the global batch (e.g. start points drawn for it)."""
-        return slice(self.start, self.start + len(self.rows))
+        return slice(self.start, self.stop)
+
+    @property
+    def total(self) -> int:
+        return len(self.batch)
 
 
 def share_of(rows: np.ndarray, process_index: int = 0, num_processes: int = 1) -> Share:
@@ -122,9 +136,8 @@ def share_of(rows: np.ndarray, process_index: int = 0, num_processes: int = 1) -
     """
     if len(rows) < num_processes:
         rows = np.resize(rows, num_processes)
-    blocks = np.array_split(rows, num_processes)
-    start = sum(len(b) for b in blocks[:process_index])
-    return Share(rows=blocks[process_index], start=start, total=len(rows))
+    bounds = np.cumsum([0, *(len(b) for b in np.array_split(rows, num_processes))])
+    return Share(batch=rows, start=int(bounds[process_index]), stop=int(bounds[process_index + 1]))
 
 
 def check_batch_splits(batch_size: int, num_processes: int, key: str) -> None:

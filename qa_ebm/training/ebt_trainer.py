@@ -52,6 +52,7 @@ from qa_ebm.training.distributed import (
 )
 from qa_ebm.training.ebt_objectives import (
     ObjectiveOutput,
+    WholeBatch,
     ired_objective,
     masked_mse,
     mcmc_objective,
@@ -220,6 +221,14 @@ def batch_at(
     return {name: arrays[name][rows] for name in KEYS}, share
 
 
+def whole_batch(arrays: dict[str, Any], share: Share, device) -> WholeBatch | None:
+    """The step's whole batch of gold latents, where rivals come from when this process has only part of it."""
+    if share.total == len(share.rows):
+        return None
+    rows = torch.from_numpy(share.batch.copy())
+    return arrays["y"][rows].to(device), arrays["slot_mask"][rows].to(device), share.part
+
+
 # --------------------------------------------------------------------------------------- training
 
 
@@ -342,7 +351,8 @@ def train_ebt(
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         gen = torch.Generator().manual_seed(process_seed(tc.seed * 1_000_003 + step, accelerator.process_index))
         with accelerator.autocast():
-            output = _objective(model, batch, tc, replay, alpha_bar, gen, share)
+            whole = whole_batch(arrays["train"], share, accelerator.device)
+            output = _objective(model, batch, tc, replay, alpha_bar, gen, share, whole)
         check_finite(output.loss, step, last_saved, "train_ebt", tc.lr_backbone)
         accelerator.backward(output.loss)
         average_gradients(model.parameters(), accelerator)
@@ -381,13 +391,15 @@ def train_ebt(
     return TrainResult(out=out, step=step, stopped=stopped, metrics=metrics)
 
 
-def _objective(model, batch, tc: TrainEBTConfig, replay: ReplayBuffer, alpha_bar, gen, share: Share) -> ObjectiveOutput:
+def _objective(
+    model, batch, tc: TrainEBTConfig, replay: ReplayBuffer, alpha_bar, gen, share: Share, whole: WholeBatch | None
+) -> ObjectiveOutput:
     cond = model.condition(batch["x"], batch["x_mask"])
     gold, slot_mask = batch["y"], batch["slot_mask"]
     if tc.objective == "regress":
         return regress_objective(model, cond, gold, slot_mask)
     if tc.objective == "ired":
-        return ired_objective(model, cond, gold, slot_mask, alpha_bar, tc, gen, RIVALS)
+        return ired_objective(model, cond, gold, slot_mask, alpha_bar, tc, gen, RIVALS, whole)
 
     def noise(n: int, generator: torch.Generator | None) -> torch.Tensor:
         return torch.randn((n, *gold.shape[1:]), generator=generator)
@@ -395,7 +407,7 @@ def _objective(model, batch, tc: TrainEBTConfig, replay: ReplayBuffer, alpha_bar
     # Start points are drawn for the global batch and each process takes its part, so that they do not
     # depend on the number of processes.
     y0 = replay.sample(share.total, noise, device=gold.device).y[share.part]
-    return mcmc_objective(model, cond, gold, slot_mask, y0, tc, gen, RIVALS)
+    return mcmc_objective(model, cond, gold, slot_mask, y0, tc, gen, RIVALS, whole)
 
 
 def _check_same_hvae(out: Path, run: HVAERun) -> None:
