@@ -5,13 +5,15 @@ The several-process behaviour itself is tested end to end in tests/test_scale_ou
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from qa_ebm.errors import ConfigError, OutputExistsError
 from qa_ebm.training.checkpoint import load_trainer_state, save_trainer_state
-from qa_ebm.training.distributed import check_batch_splits, launch_state, on_main, process_seed, share_of
+from qa_ebm.training.distributed import check_launch, launch_state, on_main, process_seed, share_of
 
 
 def test_shares_are_contiguous_blocks_that_cover_the_batch_in_rank_order():
@@ -29,10 +31,20 @@ def test_a_batch_shorter_than_the_processes_leaves_none_empty():
     assert [s.rows.tolist() for s in shares] == [[7], [7]]
 
 
-def test_the_global_batch_must_split_evenly():
-    check_batch_splits(16, 2, "train_hvae.batch_size")
+def test_launches_the_trainers_would_get_wrong_are_refused(monkeypatch):
+    from accelerate.utils import DistributedType
+
+    two = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, num_processes=2)
+    check_launch(two, "train_hvae", 16, "no")
     with pytest.raises(ConfigError, match=r"train_hvae\.batch_size=15 .* multiple of 2"):
-        check_batch_splits(15, 2, "train_hvae.batch_size")
+        check_launch(two, "train_hvae", 15, "no")
+    fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP, num_processes=2)
+    with pytest.raises(ConfigError, match="FSDP shards the model"):
+        check_launch(fsdp, "train_hvae", 16, "no")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(ConfigError, match=r"--set train_ebt\.mixed_precision=bf16"):
+        check_launch(two, "train_ebt", 16, "no")
+    check_launch(two, "train_ebt", 16, "bf16")
 
 
 def test_process_zero_keeps_the_seed_and_the_others_get_their_own():

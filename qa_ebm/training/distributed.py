@@ -140,12 +140,35 @@ def share_of(rows: np.ndarray, process_index: int = 0, num_processes: int = 1) -
     return Share(batch=rows, start=int(bounds[process_index]), stop=int(bounds[process_index + 1]))
 
 
-def check_batch_splits(batch_size: int, num_processes: int, key: str) -> None:
-    """The global batch must split evenly, or the processes' equal-weight gradient average is not the batch's."""
-    if batch_size % num_processes:
+def check_launch(accelerator, section: str, batch_size: int, mixed_precision: str) -> None:
+    """Refuse, before anything is written, a launch these trainers would get wrong.
+
+    - FSDP, DeepSpeed and Megatron shard the weights and optimizer state; the checkpoints here are full
+      replicas written by the main process (DDP's layout), so a sharded run would save one shard.
+    - The global batch must split evenly, or the equal-weight average of the processes' gradients is not
+      the gradient of the batch's mean loss.
+    - `accelerate launch --mixed_precision X` is overridden by the config's `mixed_precision` (the value the
+      run records and --resume checks); silently training in another precision than asked is refused.
+    """
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
         raise ConfigError(
-            f"{key}={batch_size} is the global batch of a step and must split evenly over "
-            f"{num_processes} processes; use a multiple of {num_processes}"
+            f"{section}: {kind.value} shards the model, which these checkpoints (full copies written by the main "
+            "process) do not support; launch data-parallel instead (accelerate launch --multi_gpu)"
+        )
+    if batch_size % accelerator.num_processes:
+        raise ConfigError(
+            f"{section}.batch_size={batch_size} is the global batch of a step and must split evenly over "
+            f"{accelerator.num_processes} processes; use a multiple of {accelerator.num_processes}"
+        )
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launched not in ("no", mixed_precision):
+        raise ConfigError(
+            f"accelerate launch asked for --mixed_precision {launched} but {section}.mixed_precision="
+            f"{mixed_precision}; set it in the config (--set {section}.mixed_precision={launched}), which the run "
+            "records"
         )
 
 

@@ -41,8 +41,8 @@ from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_mod
 from qa_ebm.training.distributed import (
     Share,
     average_gradients,
-    check_batch_splits,
     check_in_sync,
+    check_launch,
     gather_rows,
     mean_over_processes,
     process_seed,
@@ -271,7 +271,7 @@ def train_ebt(
     if resume and (out / "model" / "config.json").is_file():
         _check_same_hvae(out, run)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision)
-    check_batch_splits(tc.batch_size, accelerator.num_processes, "train_ebt.batch_size")
+    check_launch(accelerator, "train_ebt", tc.batch_size, tc.mixed_precision)
     out, replaced = prepare_run_dir(out, config, resume, overwrite, ("ebt", "train_ebt"), RESUMABLE_CHANGES)
     mean, std = latent_statistics(run.latents["train"])
     arrays, spec_fields, texts = build_arrays(config, run, data_path, mean, std)

@@ -42,8 +42,8 @@ from qa_ebm.io import write_json
 from qa_ebm.models.hvae import HVAE, TokenSpec
 from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
 from qa_ebm.training.distributed import (
-    check_batch_splits,
     check_in_sync,
+    check_launch,
     mean_over_processes,
     rng_states,
     seed_process,
@@ -117,7 +117,7 @@ def train_hvae(
     check_tokenizer_matches_decoder(data.manifest["tokenizer"], config.hvae.decoder)
     spec = token_spec(data)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum)
-    check_batch_splits(tc.batch_size, accelerator.num_processes, "train_hvae.batch_size")
+    check_launch(accelerator, "train_hvae", tc.batch_size, tc.mixed_precision)
     out, replaced = prepare_run_dir(Path(out), config, resume, overwrite, ("hvae", "train_hvae"), RESUMABLE_CHANGES)
     answers = {split: data.answer_arrays(split) for split in SPLITS}
     train, val = answers["train"], answers["val"]
