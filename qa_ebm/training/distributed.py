@@ -3,7 +3,7 @@
 `accelerate launch --num_processes N` starts the same trainer N times. For the N copies to be one run:
 
 - **One writer.** The run dir, checkpoints, metrics, final weights and latents are written by the main
-  process only; the others wait at a barrier instead of racing it (:func:`on_main`, :func:`barrier`).
+  process only; the others wait for it instead of racing it (:func:`on_main`, and the trainers' barriers).
 - **One global batch.** The config's ``batch_size`` is the batch of a whole step. Process r trains on the
   r-th contiguous block of the step's rows (:func:`share_of`), so a step sees the same examples whatever N
   is, and the gradient averaged over processes is that of the whole batch's mean loss (exactly so when
@@ -68,8 +68,11 @@ def is_main_process() -> bool:
     return launch_state().is_main_process
 
 
-def barrier() -> None:
-    launch_state().wait_for_everyone()
+def require_one_process(command: str) -> None:
+    """For trainers not made several-process safe yet: refuse a launch rather than race on the run dir."""
+    processes = launch_state().num_processes
+    if processes > 1:
+        raise ConfigError(f"{command} runs on one process (launched on {processes}); run it without accelerate launch")
 
 
 def on_main(fn: Callable[[], T]) -> T:
