@@ -15,14 +15,16 @@
   keeps the single-process seeds, so a one-process run is unchanged by any of this. Each process's RNG
   state is checkpointed (:func:`rng_states`) so that ``--resume`` continues every process exactly.
 - **One loss.** What is logged is the mean over processes (:func:`mean_over_processes`), not the main
-  process's own share of the batch.
+  process's own share of the batch; losses that compare an example with the rest of its batch (the
+  energy transformer's contrastive rivals) read the whole batch, which every process has in memory.
+- **A launch that fits.** Data parallel only, a global batch that splits evenly, and the config's
+  precision (:func:`check_launch`).
 
 With one process every function here is a no-op or the identity.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +35,6 @@ import torch
 
 from qa_ebm.errors import ConfigError, QaEbmError
 from qa_ebm.training.checkpoint import rng_tensors
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
