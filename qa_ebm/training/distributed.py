@@ -259,6 +259,17 @@ def check_in_sync(model: torch.nn.Module, accelerator, step: int) -> None:
         )
 
 
+def any_process(flag: bool, accelerator) -> bool:
+    """Whether `flag` holds on any process: for decisions every process must take together.
+
+    A time budget is read from each process's own clock; were one to stop while another started the
+    next step, that one would wait forever at the step's gradient all-reduce.
+    """
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item())
+
+
 def mean_over_processes(values: dict[str, float], accelerator) -> dict[str, float]:
     """The mean of each value over the processes (the same keys on every process, in the same order)."""
     if accelerator.num_processes == 1:

@@ -40,6 +40,7 @@ from qa_ebm.models.question_encoder import build_condition_encoder
 from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
 from qa_ebm.training.distributed import (
     Share,
+    any_process,
     average_gradients,
     check_in_sync,
     check_launch,
@@ -367,7 +368,9 @@ def train_ebt(
         bar.update(1)
         window.append({"loss": output.loss.item(), **output.parts})
         bar.set_postfix(loss=f"{window[-1]['loss']:.3f}")
-        out_of_time = tc.max_seconds is not None and time.perf_counter() - started > tc.max_seconds
+        out_of_time = tc.max_seconds is not None and any_process(
+            time.perf_counter() - started > tc.max_seconds, accelerator
+        )
         if step % tc.eval_every == 0 or step == tc.steps or out_of_time:
             metrics = evaluate(step, {f"train_{k}": float(np.mean([w[k] for w in window])) for k in window[0]})
             window = []

@@ -42,6 +42,7 @@ from qa_ebm.io import write_json
 from qa_ebm.models.hvae import HVAE, TokenSpec
 from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
 from qa_ebm.training.distributed import (
+    any_process,
     check_in_sync,
     check_launch,
     mean_over_processes,
@@ -222,7 +223,9 @@ def train_hvae(
             }
         )
         bar.set_postfix(loss=f"{window[-1]['loss']:.2f}", nll=f"{window[-1]['token_nll']:.2f}")
-        out_of_time = tc.max_seconds is not None and time.perf_counter() - started > tc.max_seconds
+        out_of_time = tc.max_seconds is not None and any_process(
+            time.perf_counter() - started > tc.max_seconds, accelerator
+        )
         if step % tc.eval_every == 0 or step == tc.steps or out_of_time:
             train_stats = {f"train_{k}": float(np.mean([w[k] for w in window])) for k in window[0]}
             metrics = evaluate(step, train_stats)
