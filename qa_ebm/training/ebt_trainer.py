@@ -351,8 +351,8 @@ def train_ebt(
         )
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         gen = torch.Generator().manual_seed(process_seed(tc.seed * 1_000_003 + step, accelerator.process_index))
+        whole = whole_batch(arrays["train"], share, accelerator.device)
         with accelerator.autocast():
-            whole = whole_batch(arrays["train"], share, accelerator.device)
             output = _objective(model, batch, tc, replay, alpha_bar, gen, share, whole)
         check_finite(output.loss, step, last_saved, "train_ebt", tc.lr_backbone)
         accelerator.backward(output.loss)
