@@ -50,10 +50,18 @@ class HVAEShapes:
     decoder_layers: int
 
 
-def hvae_forward(s: HVAEShapes, word_positions: int | None = None, logit_rows: int | None = None) -> dict[str, float]:
-    """Forward FLOPs by component. `word_positions` (default W): positions per sentence the word encoder and the
-    decoder process; `logit_rows` (default N (P + W), what a `transformers` LM head computes): LM-head rows."""
+def hvae_forward(
+    s: HVAEShapes, word_positions: int | None = None, sentence_slots: int | None = None, logit_rows: int | None = None
+) -> dict[str, float]:
+    """Forward FLOPs by component, as executed.
+
+    `word_positions` (default W): token positions per sentence the word encoder and the decoder process
+    (forward cuts the batch's trailing padding); `sentence_slots` (default S): slots the sentence encoder
+    processes; `logit_rows` (default N (P + W), what a `transformers` LM head computes): rows of the LM head
+    (forward scores the real tokens only).
+    """
     W = s.W if word_positions is None else word_positions
+    S_enc = s.S if sentence_slots is None else sentence_slots
     logit_rows = s.N * (s.P + W) if logit_rows is None else logit_rows
     d, L = s.d, s.L
     latents = (
@@ -67,7 +75,7 @@ def hvae_forward(s: HVAEShapes, word_positions: int | None = None, logit_rows: i
     )
     return {
         "word_encoder": s.word_layers * layer_forward(d, W, sequences=s.N),
-        "sentence_encoder": s.sentence_layers * layer_forward(d, s.S + 1, sequences=s.B),
+        "sentence_encoder": s.sentence_layers * layer_forward(d, S_enc + 1, sequences=s.B),
         "latents": latents + linear(d, s.P * d, s.N),  # + the plan -> prefix projection
         "decoder": s.decoder_layers * layer_forward(d, s.P + W, sequences=s.N) + linear(d, s.V, logit_rows),
     }

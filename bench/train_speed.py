@@ -38,11 +38,14 @@ RESULTS = ROOT / "bench" / "results"
 GOAL_RATIO = 0.5
 
 
-def hvae_shapes(config, spec, batch: dict) -> flops.HVAEShapes:
-    h = config.hvae
-    return flops.HVAEShapes(
+def hvae_step_flops(config, spec, batch: dict) -> float:
+    """Training FLOPs of one HVAE step on this batch, counting the positions its forward actually processes."""
+    from qa_ebm.models.hvae import used_length
+
+    h, real = config.hvae, batch["sentence_mask"].bool()
+    shapes = flops.HVAEShapes(
         B=batch["input_ids"].shape[0],
-        N=int(batch["sentence_mask"].sum()),
+        N=int(real.sum()),
         S=spec.max_sentences,
         W=spec.max_words,
         P=h.prefix_len,
@@ -53,6 +56,13 @@ def hvae_shapes(config, spec, batch: dict) -> flops.HVAEShapes:
         sentence_layers=h.sentence_layers,
         decoder_layers=h.decoder_layers,
     )
+    forward = flops.hvae_forward(
+        shapes,
+        word_positions=used_length(batch["token_mask"][real]),
+        sentence_slots=used_length(real),
+        logit_rows=workloads.answer_tokens(batch),
+    )
+    return 3 * sum(forward.values())
 
 
 def run_rounds(steps: dict, batches: dict, rounds: int) -> dict[str, list[float]]:
@@ -71,13 +81,14 @@ def run_rounds(steps: dict, batches: dict, rounds: int) -> dict[str, list[float]
 def forward_split(step: workloads.HVAEStep, batches: list[dict]) -> dict[str, float]:
     """Median milliseconds per training step in each part of the HVAE, from wall-clock hooks on its modules.
 
-    Forward: word encoder, sentence encoder, decoder (LM + prefix; its loss is in "latents and losses"),
-    and the rest of the forward pass (posterior, prior, plans, KLs, cross-entropy). Backward + optimiser:
-    the rest of the step.
+    Forward: word encoder, sentence encoder, decoder transformer (the LM without its head), LM head, and
+    the rest of the forward pass ("latents and losses": posterior, prior, plans, prefix, KLs, cross-entropy).
+    Backward + optimiser: the rest of the step.
     """
     model = step.model
     parts = {"word encoder": getattr(model, "word_enc", None), "sentence encoder": model.sent_enc}
-    parts["decoder"] = model.decoder
+    parts["decoder transformer"] = model.decoder.lm.base_model
+    parts["LM head"] = model.decoder.lm.get_output_embeddings()
     clock: dict[str, float] = {}
     handles = []
     for name, module in parts.items():
@@ -148,15 +159,17 @@ def run_size(size: str, data_dir: Path, rows: dict, args) -> dict:
     seconds = run_rounds(steps, inputs, args.rounds)
 
     flop = {
-        "hvae": 3 * sum(sum(flops.hvae_forward(hvae_shapes(config, spec, b)).values()) for b in batches),
+        "hvae": sum(hvae_step_flops(config, spec, b) for b in batches),
         "gpt2": 3
         * sum(
             flops.lm_forward(*lb["input_ids"].shape, config.hvae.d_model, config.hvae.decoder_layers, spec.vocab_size)
             for lb in lm_batches
         ),
     }
-    padded = {
-        "hvae": sum(int(b["sentence_mask"].sum()) * spec.max_words for b in batches),
+    from qa_ebm.models.hvae import used_length
+
+    padded = {  # positions each model processes: the HVAE cuts trailing padding, the LM pads to the longest
+        "hvae": sum(int(b["sentence_mask"].sum()) * used_length(b["token_mask"]) for b in batches),
         "gpt2": sum(lb["input_ids"].numel() - lb["input_ids"].shape[0] for lb in lm_batches),  # minus the start
     }
     models = {}
