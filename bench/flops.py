@@ -112,21 +112,31 @@ def ebt_energy_forward(s: EBTShapes) -> float:
     return soft_in + s.layers * layer_forward(s.d, T, keys=s.Lc + T, sequences=s.B) + head
 
 
+def ebt_attention_forward(s: EBTShapes) -> float:
+    """The attention part of `ebt_energy_forward` (Q K^T and attention x V over condition + soft keys)."""
+    T = s.P * s.M
+    return s.layers * s.B * 4 * T * (s.Lc + T) * s.d
+
+
 def refinement_step(s: EBTShapes) -> float:
-    """dE/dy at one latent: the energy forward, then a backward that forms input gradients only (no weight
-    gradients), about one more forward's worth."""
-    return 2 * ebt_energy_forward(s)
+    """dE/dy at one latent: the energy forward F, then a backward that forms input gradients only (no
+    weight gradients): one more F for the linear layers, and twice the attention's forward, because
+    autograd forms the gradients of every key and value, the cached question's included (they are
+    concatenated with the soft tokens' own, and the concatenation is differentiated as a whole)."""
+    return 2 * ebt_energy_forward(s) + ebt_attention_forward(s)
 
 
 def ebt_mcmc_train_step(s: EBTShapes, steps: int, truncate: int, rivals: int) -> float:
-    """One mcmc-objective training step (training/ebt_objectives.py), in units of the energy forward F:
+    """One mcmc-objective training step (training/ebt_objectives.py), in units of the energy forward F.
 
-    - `steps - truncate` untracked refinement steps: 2 F each (forward + input gradient, no graph kept);
+    An estimate, not cross-checked: torch.utils.flop_counter cannot follow `autograd.grad` inside a step.
+
+    - `steps - truncate` untracked refinement steps: `refinement_step` each (no graph kept);
     - `truncate` tracked steps and the gold latent's gradient: forward F + input gradient F with the graph
       kept, then the outer backward through both (2 F for the forward, 2 F for the double backward): 6 F;
     - the refined latent's and `rivals` rolled latents' energies, trained: 3 F each;
     - the condition stream once, trained: 3x its forward.
     """
     F = ebt_energy_forward(s)
-    energy_calls = 2 * (steps - truncate) + 6 * (truncate + 1) + 3 * (1 + rivals)
-    return energy_calls * F + 3 * ebt_condition_forward(s)
+    trained = (6 * (truncate + 1) + 3 * (1 + rivals)) * F
+    return (steps - truncate) * refinement_step(s) + trained + 3 * ebt_condition_forward(s)

@@ -31,38 +31,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import flops, workloads  # noqa: E402
+from bench import workloads  # noqa: E402
 from bench.timing import machine_info, machine_line, summarise  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 GOAL_RATIO = 0.5
-
-
-def hvae_step_flops(config, spec, batch: dict) -> float:
-    """Training FLOPs of one HVAE step on this batch, counting the positions its forward actually processes."""
-    from qa_ebm.models.hvae import used_length
-
-    h, real = config.hvae, batch["sentence_mask"].bool()
-    shapes = flops.HVAEShapes(
-        B=batch["input_ids"].shape[0],
-        N=int(real.sum()),
-        S=spec.max_sentences,
-        W=spec.max_words,
-        P=h.prefix_len,
-        d=h.d_model,
-        L=h.latent_dim,
-        V=spec.vocab_size,
-        word_layers=h.word_layers,
-        sentence_layers=h.sentence_layers,
-        decoder_layers=h.decoder_layers,
-    )
-    forward = flops.hvae_forward(
-        shapes,
-        word_positions=used_length(batch["token_mask"][real]),
-        sentence_slots=used_length(real),
-        logit_rows=workloads.answer_tokens(batch),
-    )
-    return 3 * sum(forward.values())
 
 
 def run_rounds(steps: dict, batches: dict, rounds: int) -> dict[str, list[float]]:
@@ -159,12 +132,8 @@ def run_size(size: str, data_dir: Path, rows: dict, args) -> dict:
     seconds = run_rounds(steps, inputs, args.rounds)
 
     flop = {
-        "hvae": sum(hvae_step_flops(config, spec, b) for b in batches),
-        "gpt2": 3
-        * sum(
-            flops.lm_forward(*lb["input_ids"].shape, config.hvae.d_model, config.hvae.decoder_layers, spec.vocab_size)
-            for lb in lm_batches
-        ),
+        "hvae": sum(workloads.hvae_step_flops(config, spec, b) for b in batches),
+        "gpt2": sum(workloads.lm_step_flops(config, spec, lb) for lb in lm_batches),
     }
     from qa_ebm.models.hvae import used_length
 

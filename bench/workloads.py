@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import flops
+
 ROOT = Path(__file__).resolve().parents[1]
 SQUAD = ROOT.parent / "shared" / "data" / "squad" / "squad-v1.1-dev-open.json.gz"
 SQUAD_SAMPLE = ROOT / "data" / "squad_sample.json"
@@ -107,6 +109,39 @@ def token_spec(data_dir: Path):
     from qa_ebm.training.hvae_trainer import token_spec as spec_of
 
     return spec_of(load_processed(data_dir))
+
+
+def hvae_step_flops(config, spec, batch: dict) -> float:
+    """Training FLOPs of one HVAE step on this batch, counting the positions its forward actually processes."""
+    from qa_ebm.models.hvae import used_length
+
+    h, real = config.hvae, batch["sentence_mask"].bool()
+    shapes = flops.HVAEShapes(
+        B=batch["input_ids"].shape[0],
+        N=int(real.sum()),
+        S=spec.max_sentences,
+        W=spec.max_words,
+        P=h.prefix_len,
+        d=h.d_model,
+        L=h.latent_dim,
+        V=spec.vocab_size,
+        word_layers=h.word_layers,
+        sentence_layers=h.sentence_layers,
+        decoder_layers=h.decoder_layers,
+    )
+    forward = flops.hvae_forward(
+        shapes,
+        word_positions=used_length(batch["token_mask"][real]),
+        sentence_slots=used_length(real),
+        logit_rows=answer_tokens(batch),
+    )
+    return 3 * sum(forward.values())
+
+
+def lm_step_flops(config, spec, lm_inputs: dict) -> float:
+    """Training FLOPs of one peer-LM step on its padded batch (`lm_batch`)."""
+    B, T = lm_inputs["input_ids"].shape
+    return 3 * flops.lm_forward(B, T, config.hvae.d_model, config.hvae.decoder_layers, spec.vocab_size)
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -205,6 +240,18 @@ def ebt_batch(config, data_dir: Path, batch_size: int, seed: int = 0) -> tuple[E
     gen = torch.Generator().manual_seed(seed)
     y = torch.randn((*slot_mask.shape, config.hvae.latent_dim), generator=gen) * slot_mask.unsqueeze(-1)
     return EBTBatch(x, x_mask, y, slot_mask), encoder.spec_fields
+
+
+def ebt_shapes(config, batch: EBTBatch) -> flops.EBTShapes:
+    return flops.EBTShapes(
+        B=batch.x.shape[0],
+        Lc=batch.x.shape[1],
+        P=batch.slot_mask.shape[1],
+        M=config.ebt.soft_tokens,
+        D=config.hvae.latent_dim,
+        d=config.ebt.d_model,
+        layers=config.ebt.n_layers,
+    )
 
 
 def build_ebt(config, spec_fields: dict, num_slots: int, seed: int = 0):
