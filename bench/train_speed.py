@@ -4,13 +4,14 @@ The peer is what a user would train instead: `GPT2LMHeadModel` from config with 
 n_layer / n_embd / n_head, each answer's sentences concatenated after a start token and padded to the
 batch's longest. Both models see the same fixed batches of real SQuAD answers (train-hvae's rows: the
 train split's answers and the passage sentences of train_context), take full training steps (forward,
-backward, clipping, AdamW) and are timed in rounds that alternate which model goes first (A B, B A, ...),
-so drift in the load of this shared machine lands on both. Throughput is answer tokens per second: the
-real tokens (EOS included) both models predict.
+backward, clipping, AdamW) and are timed interleaved step by step in a rotating order, so drift in the
+load of this shared machine lands on all of them. Throughput is answer tokens per second: the real tokens
+(EOS included) both models predict. A third model, the HVAE step with padding not skipped (as before
+commit 232172a), gives that optimisation's before and after in the same run.
 
 Goal (issue 7): HVAE >= 0.5x the plain LM's tokens/s at tiny and at mid size (bench/workloads.py SIZES).
 
-    python bench/train_speed.py [--quick] [--sizes tiny mid] [--threads 1] [--rounds 5] [--tag NAME]
+    python bench/train_speed.py [--quick] [--sizes tiny mid] [--threads 1] [--rounds 5] [--batches 6] [--tag NAME]
 
 Writes bench/results/train_speed[-TAG].json and .md, with the machine description, the HVAE's forward
 split by component (word encoder, sentence encoder, latents, decoder) and the top operators of a
@@ -24,6 +25,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -36,18 +38,45 @@ from bench.timing import machine_info, machine_line, summarise  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 GOAL_RATIO = 0.5
+HVAE, UNSKIPPED, GPT2 = "hvae", "hvae, padding not skipped", "gpt2"
+
+
+class PaddingNotSkipped:
+    """The HVAE step as it was before it skipped padding (commit 232172a): every word position and sentence
+    slot through the encoders and the decoder, logits at every position. The same numbers (tests/test_hvae.py
+    pins it), the old amount of work: the before of that optimisation, timed in the same run as the after."""
+
+    def __init__(self, step: workloads.HVAEStep):
+        self.step, self.model = step, step.model
+
+    def __call__(self, batch: dict) -> float:
+        import qa_ebm.models.hvae as hvae_module
+
+        decoder = self.model.decoder
+        with (
+            patch.object(hvae_module, "trim_words", lambda ids, mask: (ids, mask)),
+            patch.object(hvae_module, "used_length", lambda mask: mask.shape[-1]),
+            patch.object(decoder, "token_logits", lambda plan, ids, mask: decoder(plan, ids, mask)[mask.bool()]),
+        ):
+            return self.step(batch)
 
 
 def run_rounds(steps: dict, batches: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds per pass over all batches, per model and round; the order alternates every round."""
+    """Seconds per pass over all batches, per model and round.
+
+    Interleaved step by step: each batch goes through every model before the next batch, in an order that
+    rotates with the batch and the round, so a change in the machine's load lands on all of them.
+    """
     names = list(steps)
-    seconds: dict[str, list[float]] = {n: [] for n in names}
+    seconds: dict[str, list[float]] = {n: [0.0] * rounds for n in names}
+    n_batches = len(next(iter(batches.values())))
     for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
-            for b in batches[name]:
-                steps[name](b)
-            seconds[name].append(time.perf_counter() - t0)
+        for i in range(n_batches):
+            k = (r + i) % len(names)
+            for name in names[k:] + names[:k]:
+                t0 = time.perf_counter()
+                steps[name](batches[name][i])
+                seconds[name][r] += time.perf_counter() - t0
     return seconds
 
 
@@ -125,21 +154,24 @@ def run_size(size: str, data_dir: Path, rows: dict, args) -> dict:
     batches = workloads.fixed_batches(rows, config.train_hvae.batch_size, args.batches, seed=0)
     tokens = sum(workloads.answer_tokens(b) for b in batches)
     hvae, gpt2 = workloads.HVAEStep(config, spec), workloads.GPT2Step(config, spec)
+    unskipped = PaddingNotSkipped(workloads.HVAEStep(config, spec))  # same seed: the same initial weights
     lm_batches = [gpt2.batch(b) for b in batches]
-    steps = {"hvae": hvae, "gpt2": gpt2}
-    inputs = {"hvae": batches, "gpt2": lm_batches}
+    steps = {HVAE: hvae, UNSKIPPED: unskipped, GPT2: gpt2}
+    inputs = {HVAE: batches, UNSKIPPED: batches, GPT2: lm_batches}
     run_rounds(steps, inputs, 1)  # warm-up: allocator, first-call costs, lazy inits
     seconds = run_rounds(steps, inputs, args.rounds)
 
-    flop = {
-        "hvae": sum(workloads.hvae_step_flops(config, spec, b) for b in batches),
-        "gpt2": sum(workloads.lm_step_flops(config, spec, lb) for lb in lm_batches),
-    }
     from qa_ebm.models.hvae import used_length
 
-    padded = {  # positions each model processes: the HVAE cuts trailing padding, the LM pads to the longest
-        "hvae": sum(int(b["sentence_mask"].sum()) * used_length(b["token_mask"]) for b in batches),
-        "gpt2": sum(lb["input_ids"].numel() - lb["input_ids"].shape[0] for lb in lm_batches),  # minus the start
+    flop = {
+        HVAE: sum(workloads.hvae_step_flops(config, spec, b) for b in batches),
+        UNSKIPPED: sum(workloads.hvae_step_flops(config, spec, b, skip_padding=False) for b in batches),
+        GPT2: sum(workloads.lm_step_flops(config, spec, lb) for lb in lm_batches),
+    }
+    padded = {  # token positions each model processes (the LM's start token aside)
+        HVAE: sum(int(b["sentence_mask"].sum()) * used_length(b["token_mask"]) for b in batches),
+        UNSKIPPED: sum(int(b["sentence_mask"].sum()) * spec.max_words for b in batches),
+        GPT2: sum(lb["input_ids"].numel() - lb["input_ids"].shape[0] for lb in lm_batches),
     }
     models = {}
     for name in steps:
@@ -152,7 +184,10 @@ def run_size(size: str, data_dir: Path, rows: dict, args) -> dict:
             "gflop_per_s": float(np.median([flop[name] / s / 1e9 for s in per_round])),
             "real_token_fraction": tokens / padded[name],
         }
-    ratios = [g / h for h, g in zip(seconds["hvae"], seconds["gpt2"], strict=True)]  # tokens/s ratio per round
+
+    def ratio(a: str, b: str) -> dict:  # tokens/s of a over b, per round
+        return summarise([tb / ta for ta, tb in zip(seconds[a], seconds[b], strict=True)])
+
     result = {
         "size": size,
         "overrides": workloads.SIZES[size],
@@ -162,7 +197,9 @@ def run_size(size: str, data_dir: Path, rows: dict, args) -> dict:
         "answer_tokens_per_batch": tokens / len(batches),
         "rounds": args.rounds,
         "models": models,
-        "ratio": summarise(ratios),
+        "ratio": ratio(HVAE, GPT2),
+        "ratio_padding_not_skipped": ratio(UNSKIPPED, GPT2),
+        "speedup_from_skipping_padding": ratio(HVAE, UNSKIPPED),
         "goal_ratio": GOAL_RATIO,
     }
     if not args.quick:
@@ -177,8 +214,9 @@ def markdown(result: dict) -> str:
         "",
         machine_line(result["machine"]),
         "",
-        f"data: {result['data']}; every figure is the median over {result['rounds']} interleaved rounds "
-        f"(5th-95th percentile in brackets) of full training steps on the same {result['batches']} fixed batches.",
+        f"data: {result['data']}; every figure is the median over {result['rounds']} rounds (5th-95th percentile "
+        f"in brackets) of full training steps on the same {result['batches']} fixed batches, the models "
+        "interleaved step by step.",
         "",
         "| size | model | params | step ms | answer tokens/s | GFLOP/step | GFLOP/s | real-token fraction |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -191,12 +229,22 @@ def markdown(result: dict) -> str:
                 f"{st['p95']:.0f}) | {tp['median']:.0f} ({tp['p05']:.0f}-{tp['p95']:.0f}) | "
                 f"{m['gflop_per_step']:.2f} | {m['gflop_per_s']:.1f} | {m['real_token_fraction']:.2f} |"
             )
-    lines += ["", "| size | HVAE / GPT-2 tokens/s | goal | met |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "Ratios of tokens/s, per round (padding not skipped: the HVAE step before commit 232172a, same numbers):",
+        "",
+        "| size | HVAE / GPT-2 | goal | met | padding not skipped / GPT-2 | speed-up from skipping padding |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def fmt(r: dict) -> str:
+        return f"{r['median']:.2f} ({r['p05']:.2f}-{r['p95']:.2f})"
+
     for row in result["sizes"]:
-        r = row["ratio"]
-        met = "yes" if r["median"] >= row["goal_ratio"] else "no"
+        met = "yes" if row["ratio"]["median"] >= row["goal_ratio"] else "no"
         lines.append(
-            f"| {row['size']} | {r['median']:.2f} ({r['p05']:.2f}-{r['p95']:.2f}) | >= {row['goal_ratio']} | {met} |"
+            f"| {row['size']} | {fmt(row['ratio'])} | >= {row['goal_ratio']} | {met} | "
+            f"{fmt(row['ratio_padding_not_skipped'])} | {fmt(row['speedup_from_skipping_padding'])} |"
         )
     split_rows = [row for row in result["sizes"] if "hvae_split_ms" in row]
     if split_rows:
@@ -220,7 +268,7 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="+", default=list(workloads.SIZES), choices=list(workloads.SIZES))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see bench/README.md)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per model (after one warm-up round)")
-    parser.add_argument("--batches", type=int, default=8, help="fixed batches per round")
+    parser.add_argument("--batches", type=int, default=6, help="fixed batches per round")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny only, 2 batches, 2 rounds, no profile")
     parser.add_argument("--tag", default="", help="suffix for the result files (e.g. before / after)")
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -111,8 +111,9 @@ def token_spec(data_dir: Path):
     return spec_of(load_processed(data_dir))
 
 
-def hvae_step_flops(config, spec, batch: dict) -> float:
-    """Training FLOPs of one HVAE step on this batch, counting the positions its forward actually processes."""
+def hvae_step_flops(config, spec, batch: dict, skip_padding: bool = True) -> float:
+    """Training FLOPs of one HVAE step on this batch, counting the positions its forward actually processes
+    (`skip_padding=False`: every position and slot, logits everywhere, as before commit 232172a)."""
     from qa_ebm.models.hvae import used_length
 
     h, real = config.hvae, batch["sentence_mask"].bool()
@@ -129,6 +130,8 @@ def hvae_step_flops(config, spec, batch: dict) -> float:
         sentence_layers=h.sentence_layers,
         decoder_layers=h.decoder_layers,
     )
+    if not skip_padding:
+        return 3 * sum(flops.hvae_forward(shapes).values())
     forward = flops.hvae_forward(
         shapes,
         word_positions=used_length(batch["token_mask"][real]),

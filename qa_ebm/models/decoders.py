@@ -50,9 +50,10 @@ class LatentDecoder(nn.Module):
     def token_logits(self, plan: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """Logits at the real tokens only, (T, V) in the row-major order of `token_mask`: `forward(...)[mask]`.
 
-        At these sizes the LM head is the widest matmul in the model (V >> H), and short sentences are
-        mostly padding: skipping the padding and the prefix positions before the head (and before the
-        softmax over V) takes about half the decoder's work out of a training step (bench/train_speed.py).
+        At small widths the LM head is the widest matmul in the model (V >> H), and sentences padded to
+        max_words are half padding on SQuAD: leaving the padding and the prefix positions out of the head
+        (and out of the softmax over V) halves its work, a fifth of a tiny HVAE training step's FLOPs
+        (bench/train_speed.py).
         """
         real = token_mask.bool()
         if getattr(self.lm.config, "final_logit_softcapping", None):  # a head that is more than a projection
