@@ -51,18 +51,21 @@ class HVAEShapes:
 
 
 def hvae_forward(
-    s: HVAEShapes, word_positions: int | None = None, sentence_slots: int | None = None, logit_rows: int | None = None
+    s: HVAEShapes,
+    word_groups: list[tuple[int, int]] | None = None,
+    sentence_slots: int | None = None,
+    logit_rows: int | None = None,
 ) -> dict[str, float]:
     """Forward FLOPs by component, as executed.
 
-    `word_positions` (default W): token positions per sentence the word encoder and the decoder process
-    (forward cuts the batch's trailing padding); `sentence_slots` (default S): slots the sentence encoder
-    processes; `logit_rows` (default N (P + W), what a `transformers` LM head computes): rows of the LM head
-    (forward scores the real tokens only).
+    `word_groups` (default [(N, W)]): (sentences, token positions) of each group of sentences the word
+    encoder and the decoder process (forward groups sentences by length and cuts each group's trailing
+    padding); `sentence_slots` (default S): slots the sentence encoder processes; `logit_rows` (default
+    N (P + W), what a `transformers` LM head computes): rows of the LM head (forward scores real tokens only).
     """
-    W = s.W if word_positions is None else word_positions
+    groups = [(s.N, s.W)] if word_groups is None else word_groups
     S_enc = s.S if sentence_slots is None else sentence_slots
-    logit_rows = s.N * (s.P + W) if logit_rows is None else logit_rows
+    logit_rows = sum(n * (s.P + w) for n, w in groups) if logit_rows is None else logit_rows
     d, L = s.d, s.L
     latents = (
         linear(d, 2 * L, s.B)  # q(z_g | x)
@@ -74,10 +77,11 @@ def hvae_forward(
         + linear(L, s.S, s.B)  # sentence-count head
     )
     return {
-        "word_encoder": s.word_layers * layer_forward(d, W, sequences=s.N),
+        "word_encoder": sum(s.word_layers * layer_forward(d, w, sequences=n) for n, w in groups),
         "sentence_encoder": s.sentence_layers * layer_forward(d, S_enc + 1, sequences=s.B),
         "latents": latents + linear(d, s.P * d, s.N),  # + the plan -> prefix projection
-        "decoder": s.decoder_layers * layer_forward(d, s.P + W, sequences=s.N) + linear(d, s.V, logit_rows),
+        "decoder": sum(s.decoder_layers * layer_forward(d, s.P + w, sequences=n) for n, w in groups)
+        + linear(d, s.V, logit_rows),
     }
 
 

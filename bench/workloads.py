@@ -111,9 +111,18 @@ def token_spec(data_dir: Path):
     return spec_of(load_processed(data_dir))
 
 
+def word_groups(batch: dict) -> list[tuple[int, int]]:
+    """(sentences, token positions) of each length group the HVAE's word encoder and decoder process."""
+    from qa_ebm.models.hvae import length_buckets, used_length
+
+    tmask = batch["token_mask"][batch["sentence_mask"].bool()]
+    return [(len(rows), used_length(tmask[rows])) for rows in length_buckets(tmask.sum(1))]
+
+
 def hvae_step_flops(config, spec, batch: dict, skip_padding: bool = True) -> float:
     """Training FLOPs of one HVAE step on this batch, counting the positions its forward actually processes
-    (`skip_padding=False`: every position and slot, logits everywhere, as before commit 232172a)."""
+    (`skip_padding=False`: one group of every sentence, every position and slot, logits everywhere: the step
+    before commit 232172a)."""
     from qa_ebm.models.hvae import used_length
 
     h, real = config.hvae, batch["sentence_mask"].bool()
@@ -133,10 +142,7 @@ def hvae_step_flops(config, spec, batch: dict, skip_padding: bool = True) -> flo
     if not skip_padding:
         return 3 * sum(flops.hvae_forward(shapes).values())
     forward = flops.hvae_forward(
-        shapes,
-        word_positions=used_length(batch["token_mask"][real]),
-        sentence_slots=used_length(real),
-        logit_rows=answer_tokens(batch),
+        shapes, word_groups=word_groups(batch), sentence_slots=used_length(real), logit_rows=answer_tokens(batch)
     )
     return 3 * sum(forward.values())
 
