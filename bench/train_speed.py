@@ -7,7 +7,7 @@ train split's answers and the passage sentences of train_context), take full tra
 backward, clipping, AdamW) and are timed interleaved step by step in a rotating order, so drift in the
 load of this shared machine lands on all of them. Throughput is answer tokens per second: the real tokens
 (EOS included) both models predict. A third model, the HVAE step with padding not skipped (as before
-commit 232172a), gives that optimisation's before and after in the same run.
+commits 232172a and 7ecb5db), gives those optimisations' before and after in the same run.
 
 Goal (issue 7): HVAE >= 0.5x the plain LM's tokens/s at tiny and at mid size (bench/workloads.py SIZES).
 
@@ -42,7 +42,7 @@ HVAE, UNSKIPPED, GPT2 = "hvae", "hvae, padding not skipped", "gpt2"
 
 
 class PaddingNotSkipped:
-    """The HVAE step as it was before it skipped padding (commits 232172a and after): every word position and
+    """The HVAE step as it was before it skipped padding (commits 232172a, 7ecb5db): every word position and
     sentence slot through the encoders and the decoder in one group, logits at every position. The same
     numbers (tests/test_hvae.py pins it), the old amount of work: the before of those optimisations, timed
     in the same run as the after."""
@@ -231,7 +231,7 @@ def markdown(result: dict) -> str:
             )
     lines += [
         "",
-        "Ratios of tokens/s, per round (padding not skipped: the HVAE step before commit 232172a, same numbers):",
+        "Ratios of tokens/s, per round (padding not skipped: the HVAE step before commits 232172a and 7ecb5db):",
         "",
         "| size | HVAE / GPT-2 | goal | met | padding not skipped / GPT-2 | speed-up from skipping padding |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -122,7 +122,7 @@ def word_groups(batch: dict) -> list[tuple[int, int]]:
 def hvae_step_flops(config, spec, batch: dict, skip_padding: bool = True) -> float:
     """Training FLOPs of one HVAE step on this batch, counting the positions its forward actually processes
     (`skip_padding=False`: one group of every sentence, every position and slot, logits everywhere: the step
-    before commit 232172a)."""
+    before commits 232172a and 7ecb5db)."""
     from qa_ebm.models.hvae import used_length
 
     h, real = config.hvae, batch["sentence_mask"].bool()
