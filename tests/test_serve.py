@@ -80,14 +80,17 @@ def call(server, method: str, path: str, body: bytes | str | dict | None = None,
     return response.status, response, json.loads(data) if kind.startswith("application/json") else data
 
 
-def raw(server, head: bytes) -> tuple[int, dict]:
-    """Send request headers alone (no body) and read the answer to the end: (status, JSON body)."""
+def raw(server, head: bytes) -> tuple[int | None, dict]:
+    """Send request headers alone (no body) and read the answer to the end: (status, JSON body). A request
+    http.server cannot read as HTTP/1.x gets an HTTP/0.9 answer, the body alone: status None."""
     url = urlsplit(server.url)
     with socket.create_connection((url.hostname, url.port), timeout=30) as s:
         s.sendall(head)
         data = b""
         while chunk := s.recv(65536):
             data += chunk
+    if not data.startswith(b"HTTP/"):
+        return None, json.loads(data)
     status_line, _, rest = data.partition(b"\r\n")
     return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
 
@@ -179,6 +182,20 @@ def test_routes_and_methods(server):
     assert status == 501 and "DELETE" in data["error"]
 
 
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),  # request line past http.server's 64 KiB
+        (b"GET /health HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),  # more than 100 headers
+        (b"GET / HTTX/1.1\r\n\r\n", None),  # "Bad request version", in HTTP/0.9 form
+    ],
+    ids=["long request line", "too many headers", "bad version"],
+)
+def test_malformed_http_gets_a_json_error(server, head, status):
+    got, data = raw(server, head)
+    assert got == status and set(data) == {"error"} and data["error"]
+
+
 def test_an_oversized_body_is_refused_from_its_header_before_it_is_read(server):
     # The body is announced and never sent: a server that tried to read it would hang, not answer.
     head = b"POST /answer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
@@ -222,6 +239,36 @@ def test_a_runaway_request_gets_504_and_the_server_goes_on(pipe):
         # The same worker answers next, so the runaway was stopped, not left running ahead of it in the queue.
         status, _, record = call(s, "POST", "/answer", {"question": QUESTION, "steps": 0})
         assert status == 200 and record["steps"] == 0
+
+
+def test_stop_lets_the_request_in_flight_finish(pipe):
+    entered, release, events = threading.Event(), threading.Event(), []
+
+    class Gated:  # answers like `pipe`, once the server has stopped accepting
+        uses_context = False
+        sampler_config = pipe.sampler_config
+
+        def __call__(self, *args, **kwargs):
+            entered.set()
+            release.wait(60)
+            events.append("answered")
+            return pipe(*args, **kwargs)
+
+    class Recorded(AnswerServer):
+        def shutdown(self) -> None:
+            super().shutdown()
+            release.set()
+
+        def server_close(self) -> None:
+            events.append("closed")
+            super().server_close()
+
+    server = Recorded(Gated(), ServeSettings(port=0)).start()
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(call, server, "POST", "/answer", {"question": QUESTION})
+        assert entered.wait(60)
+        assert server.stop(grace=30.0) is True
+        assert answer.result()[0] == 200 and events == ["answered", "closed"]
 
 
 def test_connections_past_the_cap_get_503(pipe):
