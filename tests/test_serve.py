@@ -271,6 +271,14 @@ def test_stop_lets_the_request_in_flight_finish(pipe):
         assert answer.result()[0] == 200 and events == ["answered", "closed"]
 
 
+def test_a_burst_past_the_connection_cap_gets_503s_not_resets(pipe):
+    with serving(pipe, max_connections=2) as s, ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(lambda i: call(s, "POST", "/answer", {"question": QUESTION, "seed": i}), range(32)))
+    statuses = [status for status, _, _ in results]  # a reset connection would raise in `call`
+    assert set(statuses) <= {200, 503} and 200 in statuses
+    assert all("--max-connections" in data["error"] for status, _, data in results if status == 503)
+
+
 def test_connections_past_the_cap_get_503(pipe):
     with serving(pipe, max_connections=1) as s:
         url = urlsplit(s.url)

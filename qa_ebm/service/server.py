@@ -105,6 +105,10 @@ class AnswerServer(ThreadingHTTPServer):
         self.pipe, self.settings = pipe, settings
         self.info = describe(pipe)
         self._slots = threading.BoundedSemaphore(settings.max_connections)
+        # The listen backlog: socketserver's 5 overflows under a burst, and the kernel may then reset connections
+        # their clients already saw open. The kernel's own cap instead: a connection is accepted, then served or
+        # told 503, rather than reset.
+        self.request_queue_size = socket.SOMAXCONN
         super().__init__((settings.host, settings.port), AnswerHandler)  # binds: OSError if the port is taken
         self.worker = ModelWorker()
         self._thread: threading.Thread | None = None
@@ -169,8 +173,13 @@ def _refuse_busy(request: socket.socket, limit: int) -> None:
     try:
         request.settimeout(1.0)
         request.sendall(head.encode("ascii") + body)
+        request.shutdown(socket.SHUT_WR)
+        # Drop the request already received, without waiting for more (this runs on the accepting thread):
+        # closing with unread data would reset the connection under the 503.
+        while request.recv(65536, socket.MSG_DONTWAIT):
+            pass
     except OSError:
-        pass  # the client is gone already; nothing to tell it
+        pass  # nothing more to read (BlockingIOError), or the client is gone already
 
 
 class AnswerHandler(BaseHTTPRequestHandler):
