@@ -6,8 +6,9 @@ Routes::
     GET  /health    {"status", "pipeline", "kind", "context", "version", "busy_for_s", "limits"}
     POST /answer    a request (requests.py) -> the record of `qa-ebm answer --json`, or {"answers": [...]}
 
-Threads: one per connection (at most ``max_connections``; past that a connection gets 503 at once), each
-reading and checking its request, then waiting for the single model worker (worker.py). Every response is
+Threads: one per connection (at most ``max_connections``; past that a connection gets 503 from a short-lived
+thread, at most ``MAX_REFUSALS`` of them), each reading and checking its request, then waiting for the single
+model worker (worker.py). Every response is
 JSON with a status that says whose fault it was, and never a traceback:
 
     400  the body is not JSON, or a field is missing, of the wrong type or out of range
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_BYTES = 1 << 20  # after refusing a body unread, read and drop at most this much so the client sees the answer
 DRAIN_SECONDS = 1.0
+MAX_REFUSALS = 256  # connections told 503 at once, each by a thread that lives at most DRAIN_SECONDS; past it, closed
 PAGE_CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -105,6 +107,7 @@ class AnswerServer(ThreadingHTTPServer):
         self.pipe, self.settings = pipe, settings
         self.info = describe(pipe)
         self._slots = threading.BoundedSemaphore(settings.max_connections)
+        self._refusals = threading.BoundedSemaphore(MAX_REFUSALS)
         # The listen backlog: socketserver's 5 overflows under a burst, and the kernel may then reset connections
         # their clients already saw open. The kernel's own cap instead: a connection is accepted, then served or
         # told 503, rather than reset.
@@ -143,8 +146,10 @@ class AnswerServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            _refuse_busy(request, self.settings.max_connections)
-            self.shutdown_request(request)
+            if self._refusals.acquire(blocking=False):  # a thread of its own: the 503 waits for the request
+                threading.Thread(target=self._refuse_busy, args=(request,), daemon=True).start()
+            else:
+                self.shutdown_request(request)  # a flood: closed unanswered rather than one more thread
             return
         try:
             super().process_request(request, client_address)
@@ -158,28 +163,44 @@ class AnswerServer(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def _refuse_busy(self, request: socket.socket) -> None:
+        limit = self.settings.max_connections
+        body = json.dumps({"error": f"server busy: {limit} connections open (--max-connections); retry"}).encode()
+        head = (
+            "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            request.settimeout(DRAIN_SECONDS)
+            request.sendall(head.encode("ascii") + body)
+            _linger(request, DRAIN_BYTES)
+        except OSError:
+            pass  # the client is gone already; nothing to tell it
+        finally:
+            self.shutdown_request(request)
+            self._refusals.release()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A connection that broke mid-response (the client left): one line, not socketserver's traceback.
         e = sys.exc_info()[1]
         log.warning("connection from %s: %s: %s", client_address[0], type(e).__name__, e)
 
 
-def _refuse_busy(request: socket.socket, limit: int) -> None:
-    body = json.dumps({"error": f"server busy: {limit} connections open (--max-connections); retry"}).encode()
-    head = (
-        "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
+def _linger(sock: socket.socket, max_bytes: int) -> None:
+    """After the response: stop writing, then read and drop what the client still sends (at most `max_bytes`,
+    DRAIN_SECONDS) before the socket is closed. Closing with unread data resets the connection, and a client
+    that is still sending its request would lose the response with it."""
     try:
-        request.settimeout(1.0)
-        request.sendall(head.encode("ascii") + body)
-        request.shutdown(socket.SHUT_WR)
-        # Drop the request already received, without waiting for more (this runs on the accepting thread):
-        # closing with unread data would reset the connection under the 503.
-        while request.recv(65536, socket.MSG_DONTWAIT):
-            pass
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while max_bytes > 0 and (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            chunk = sock.recv(min(max_bytes, 65536))
+            if not chunk:
+                break
+            max_bytes -= len(chunk)
     except OSError:
-        pass  # nothing more to read (BlockingIOError), or the client is gone already
+        pass  # the client closed first, or the time is up: nothing left to protect
 
 
 class AnswerHandler(BaseHTTPRequestHandler):
@@ -199,7 +220,7 @@ class AnswerHandler(BaseHTTPRequestHandler):
     def finish(self) -> None:
         super().finish()
         if self._unread > 0:
-            self._drain()
+            _linger(self.connection, min(self._unread, DRAIN_BYTES))
 
     # ------------------------------------------------------------------------------- routes
 
@@ -323,22 +344,6 @@ class AnswerHandler(BaseHTTPRequestHandler):
         if len(body) < n:
             raise RequestError(400, f"the body ended after {len(body)} of the {n} bytes its Content-Length declared")
         return body
-
-    def _drain(self) -> None:
-        """Read and drop what is left of a refused body (at most DRAIN_BYTES, DRAIN_SECONDS) after sending the
-        response: closing a socket with unread data resets it, and a client still sending would lose the answer."""
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + DRAIN_SECONDS
-            left = min(self._unread, DRAIN_BYTES)
-            while left > 0 and (remaining := deadline - time.monotonic()) > 0:
-                self.connection.settimeout(remaining)
-                chunk = self.connection.recv(min(left, 65536))
-                if not chunk:
-                    break
-                left -= len(chunk)
-        except OSError:
-            pass  # the client closed first: nothing left to protect
 
     # ------------------------------------------------------------------------------- responses
 
