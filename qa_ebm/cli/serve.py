@@ -27,12 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one, printed)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="413 past this (default 1 MiB)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="504 past this many seconds (default 30)")
-    p.add_argument(
-        "--max-connections", type=int, default=64, metavar="N", help="connections served at once; 503 past it"
-    )
-    p.add_argument("--max-steps", type=int, default=1000, metavar="N", help="the largest 'steps' a request may ask")
-    p.add_argument("--max-candidates", type=int, default=16, metavar="N", help="the largest 'candidates'")
-    p.add_argument("--max-batch", type=int, default=32, metavar="N", help="the most questions in one 'batch'")
+    limits = p.add_argument_group("limits (past one: 503 for connections, 400 for a request's fields)")
+    limits.add_argument("--max-connections", type=int, default=64, metavar="N", help="served at once (default 64)")
+    limits.add_argument("--max-steps", type=int, default=1000, metavar="N", help="largest 'steps' (default 1000)")
+    limits.add_argument("--max-candidates", type=int, default=16, metavar="N", help="largest 'candidates' (default 16)")
+    limits.add_argument("--max-batch", type=int, default=32, metavar="N", help="questions in a 'batch' (default 32)")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads for the model (default: torch's)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.set_defaults(run=run)

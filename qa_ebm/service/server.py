@@ -8,8 +8,7 @@ Routes::
 
 Threads: one per connection (at most ``max_connections``; past that a connection gets 503 from a short-lived
 thread, at most ``MAX_REFUSALS`` of them), each reading and checking its request, then waiting for the single
-model worker (worker.py). Every response is
-JSON with a status that says whose fault it was, and never a traceback:
+model worker (worker.py). Every response is JSON with a status that says whose fault it was, never a traceback:
 
     400  the body is not JSON, or a field is missing, of the wrong type or out of range
     404 / 405 / 501  no such route / method
@@ -50,7 +49,7 @@ from qa_ebm.service.worker import DeadlineExceeded, ModelWorker
 
 log = logging.getLogger(__name__)
 
-DRAIN_BYTES = 1 << 20  # after refusing a body unread, read and drop at most this much so the client sees the answer
+DRAIN_BYTES = 1 << 20  # after a refusal, read and drop at most this much of the request so the client sees it
 DRAIN_SECONDS = 1.0
 MAX_REFUSALS = 256  # connections told 503 at once, each by a thread that lives at most DRAIN_SECONDS; past it, closed
 PAGE_CSP = (
