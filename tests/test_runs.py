@@ -62,9 +62,11 @@ def test_a_failure_between_the_weights_and_the_state_keeps_the_previous_checkpoi
 
     monkeypatch.setattr(runs, "save_module", save_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(tmp_path / "state", accelerator, model, optimizer, scheduler, {"step": 2})
+        replay = {"replay.safetensors": {"y": torch.ones(2)}}
+        save_checkpoint(tmp_path / "state", accelerator, model, optimizer, scheduler, {"step": 2}, replay)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
     assert json.loads((tmp_path / "state" / "state.json").read_text()) == {"step": 0}
+    assert not (tmp_path / "state" / "replay.safetensors").exists()
     after = load_file(str(tmp_path / "state" / runs.MODEL_FILE))
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and state of the same step
 
