@@ -130,10 +130,10 @@ def test_a_nan_in_the_batch_is_stopped_or_skipped(hvae_run, tmp_path, monkeypatc
     real = ebt_trainer.batch_at
 
     def poisoned(arrays, index, *args):  # one gold latent of step 2's batch is NaN
-        batch = real(arrays, index, *args)
+        batch, share = real(arrays, index, *args)
         if index == 2:
             batch["y"] = batch["y"].clone().index_fill_(0, torch.tensor([0]), float("nan"))
-        return batch
+        return batch, share
 
     monkeypatch.setattr(ebt_trainer, "batch_at", poisoned)
     seen, out = [], tmp_path / policy

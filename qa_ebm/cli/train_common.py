@@ -6,13 +6,15 @@ import argparse
 import shlex
 import sys
 
+from qa_ebm.training.distributed import is_main_process
 from qa_ebm.training.runs import TrainingInterrupted
 
 
 def interrupted(args: argparse.Namespace, error: TrainingInterrupted) -> int:
     """One line on stderr (the step, the checkpoint, the command that continues the run); the exit status
     128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as for any process a signal stopped."""
-    print(f"qa-ebm {args.command}: {error}; continue with: {resume_command(args)}", file=sys.stderr)
+    if is_main_process():  # under accelerate launch, once
+        print(f"qa-ebm {args.command}: {error}; continue with: {resume_command(args)}", file=sys.stderr)
     return error.exit_status
 
 

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from qa_ebm.cli.common import add_common, config_from_args
 from qa_ebm.cli.train_common import interrupted
+from qa_ebm.training.distributed import is_main_process
 from qa_ebm.training.ebt_trainer import train_ebt
 from qa_ebm.training.runs import TrainingInterrupted
 
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except TrainingInterrupted as e:
         return interrupted(args, e)
-    console.print(f"stopped at step {result.step} ({result.stopped}); wrote {result.out} (model/, metrics.jsonl)")
+    if is_main_process():  # under accelerate launch, the one that wrote the run
+        console.print(f"stopped at step {result.step} ({result.stopped}); wrote {result.out} (model/, metrics.jsonl)")
     return 0
 
 

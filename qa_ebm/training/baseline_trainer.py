@@ -39,6 +39,7 @@ from qa_ebm.io import write_json
 from qa_ebm.models.baseline import AutoregressiveBaseline, BaselineSpec, pack
 from qa_ebm.models.decoders import DecodeSettings
 from qa_ebm.models.hvae import HVAE
+from qa_ebm.training.distributed import require_one_process
 from qa_ebm.training.ebt_trainer import HVAERun, load_hvae_run, resolve_data_dir
 from qa_ebm.training.hvae_trainer import TrainResult, _epoch_order, decode_text
 from qa_ebm.training.loop import LoopSettings, LoopState, StepOutput, TrainingLoop
@@ -134,6 +135,7 @@ def train_baseline(
     out = Path(out_dir)
     if resume:
         _check_same_hvae(out, run)
+    require_one_process("train-baseline")
     out, replaced = prepare_run_dir(out, config, resume, overwrite, SECTIONS, RESUMABLE_CHANGES)
     tokenizer = load_tokenizer(run.root / "tokenizer")
     data = load_processed(data_path)

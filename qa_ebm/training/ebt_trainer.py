@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,8 +36,19 @@ from qa_ebm.errors import CheckpointError, ConfigError
 from qa_ebm.io import write_json
 from qa_ebm.models.ebt import EBTSpec, EnergyTransformer, LatentModel, LatentRegressor
 from qa_ebm.models.question_encoder import build_condition_encoder
+from qa_ebm.training.distributed import (
+    Share,
+    average_gradients,
+    check_launch,
+    gather_rows,
+    mean_over_processes,
+    process_seed,
+    seed_process,
+    share_of,
+)
 from qa_ebm.training.ebt_objectives import (
     ObjectiveOutput,
+    WholeBatch,
     ired_objective,
     masked_mse,
     mcmc_objective,
@@ -53,6 +63,7 @@ from qa_ebm.training.runs import (
     init_wandb,
     load_checkpoint,
     prepare_run_dir,
+    remove_replaced,
     save_checkpoint,
     trim_metrics,
 )
@@ -209,12 +220,23 @@ def build_arrays(config: Config, run: HVAERun, data_dir: Path, mean: torch.Tenso
     return arrays, encoder.spec_fields, texts
 
 
-def batch_at(arrays: dict[str, Any], index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
-    """The index-th batch: a seeded permutation per epoch, as in train-hvae."""
+def batch_at(
+    arrays: dict[str, Any], index: int, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1
+) -> tuple[dict[str, torch.Tensor], Share]:
+    """The index-th batch (a seeded permutation per epoch, as in train-hvae): this process's share of it."""
     n = len(arrays["ids"])
     epoch, k = divmod(index, math.ceil(n / batch_size))
-    rows = torch.from_numpy(_epoch_order(n, seed, epoch)[k * batch_size : (k + 1) * batch_size].copy())
-    return {name: arrays[name][rows] for name in KEYS}
+    share = share_of(_epoch_order(n, seed, epoch)[k * batch_size : (k + 1) * batch_size], process_index, num_processes)
+    rows = torch.from_numpy(share.rows.copy())
+    return {name: arrays[name][rows] for name in KEYS}, share
+
+
+def whole_batch(arrays: dict[str, Any], share: Share, device) -> WholeBatch | None:
+    """The step's whole batch of gold latents, where rivals come from when this process has only part of it."""
+    if share.total == len(share.rows):
+        return None
+    rows = torch.from_numpy(share.batch.copy())
+    return arrays["y"][rows].to(device), arrays["slot_mask"][rows].to(device), share.part
 
 
 # --------------------------------------------------------------------------------------- training
@@ -257,6 +279,8 @@ def train_ebt(
     out = Path(out)
     if resume and (out / "model" / "config.json").is_file():
         _check_same_hvae(out, run)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
+    check_launch(accelerator, "train_ebt", tc.batch_size, tc.mixed_precision)
     out, replaced = prepare_run_dir(out, config, resume, overwrite, ("ebt", "train_ebt"), RESUMABLE_CHANGES)
     mean, std = latent_statistics(run.latents["train"])
     arrays, spec_fields, texts = build_arrays(config, run, data_path, mean, std)
@@ -264,7 +288,6 @@ def train_ebt(
         raise ConfigError(f"{run.root}: the train split has {len(arrays['train']['ids'])} answers; need >= 2")
     spec = EBTSpec(latent_dim=run.latent_dim, num_slots=run.num_slots, hvae_run=run.fingerprint, **spec_fields)
 
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
     set_seed(tc.seed)
     model = build_model(config, spec)
     model.set_latent_stats(mean, std)
@@ -272,7 +295,12 @@ def train_ebt(
         model.log_step_size.data.fill_(math.log(tc.step_size))
     optimizer = torch.optim.AdamW(param_groups(model, tc), weight_decay=tc.weight_decay)
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # Not wrapped in DDP: the objectives call `condition`/`energy` (and differentiate the energy), which the
+    # wrapper's forward hooks never see; the gradients are averaged explicitly instead (average_gradients).
+    # Every process built the same weights from the shared seed.
+    model = model.to(accelerator.device)
+    optimizer = accelerator.prepare(optimizer)
+    seed_process(tc.seed, accelerator)
     replay = ReplayBuffer(
         tc.replay_capacity,
         (spec.num_slots, spec.latent_dim),
@@ -296,8 +324,10 @@ def train_ebt(
         save_checkpoint(state_dir, accelerator, model, optimizer, scheduler, state, {REPLAY_FILE: replay_tensors})
 
     def evaluate(step: int, train_stats: dict[str, float]) -> dict[str, Any]:
+        metrics = {"step": step, **mean_over_processes(train_stats, accelerator)}
+        if not accelerator.is_main_process:  # the others go on to the next step and wait for it there
+            return metrics
         unwrapped = accelerator.unwrap_model(model)
-        metrics = {"step": step, **train_stats}
         metrics.update(diagnostics(unwrapped, arrays["val"], tc, config, texts["val"], hvae, tokenizer))
         with (out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -308,15 +338,20 @@ def train_ebt(
         return metrics
 
     def train_step(step: int) -> StepOutput:
-        batch = batch_at(arrays["train"], step, tc.batch_size, tc.seed)
+        batch, share = batch_at(
+            arrays["train"], step, tc.batch_size, tc.seed, accelerator.process_index, accelerator.num_processes
+        )
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
+        gen = torch.Generator().manual_seed(process_seed(tc.seed * 1_000_003 + step, accelerator.process_index))
+        whole = whole_batch(arrays["train"], share, accelerator.device)
         with accelerator.autocast():
-            output = _objective(accelerator.unwrap_model(model), batch, tc, replay, alpha_bar, gen)
+            output = _objective(model, batch, tc, replay, alpha_bar, gen, share, whole)
         accelerator.backward(output.loss)
+        average_gradients(model.parameters(), accelerator)
 
         def push_refined() -> None:  # only an applied step's samples: a skipped step's may be non-finite
-            replay.push(output.refined.cpu(), batch["slot_mask"].cpu())
+            # every process keeps the whole batch's, so the buffers stay equal
+            replay.push(gather_rows(output.refined, accelerator), gather_rows(batch["slot_mask"], accelerator))
 
         return StepOutput(
             loss=output.loss.detach(),
@@ -345,31 +380,35 @@ def train_ebt(
     result = loop.run(start)
     step, stopped, metrics = result.step, result.stopped, result.metrics
 
-    accelerator.unwrap_model(model).save_pretrained(out / "model")
-    manifest = base_manifest("qa-ebm/ebt-run", config, step, stopped, metrics, time.perf_counter() - started)
-    manifest["hvae"] = {"dir": str(run.root.resolve()), "fingerprint": run.fingerprint}
-    manifest["data"] = {"dir": str(data_path.resolve())}
-    write_json(out / "manifest.json", manifest)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(out / "model")
+        manifest = base_manifest("qa-ebm/ebt-run", config, step, stopped, metrics, time.perf_counter() - started)
+        manifest["hvae"] = {"dir": str(run.root.resolve()), "fingerprint": run.fingerprint}
+        manifest["data"] = {"dir": str(data_path.resolve())}
+        write_json(out / "manifest.json", manifest)
     if wandb_run is not None:
         wandb_run.finish()
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
+    remove_replaced(replaced)  # the new run is complete: drop the old one
     return TrainResult(out=out, step=step, stopped=stopped, metrics=metrics)
 
 
-def _objective(model, batch, tc: TrainEBTConfig, replay: ReplayBuffer, alpha_bar, gen) -> ObjectiveOutput:
+def _objective(
+    model, batch, tc: TrainEBTConfig, replay: ReplayBuffer, alpha_bar, gen, share: Share, whole: WholeBatch | None
+) -> ObjectiveOutput:
     cond = model.condition(batch["x"], batch["x_mask"])
     gold, slot_mask = batch["y"], batch["slot_mask"]
     if tc.objective == "regress":
         return regress_objective(model, cond, gold, slot_mask)
     if tc.objective == "ired":
-        return ired_objective(model, cond, gold, slot_mask, alpha_bar, tc, gen, RIVALS)
+        return ired_objective(model, cond, gold, slot_mask, alpha_bar, tc, gen, RIVALS, whole)
 
     def noise(n: int, generator: torch.Generator | None) -> torch.Tensor:
         return torch.randn((n, *gold.shape[1:]), generator=generator)
 
-    y0 = replay.sample(len(gold), noise, device=gold.device).y
-    return mcmc_objective(model, cond, gold, slot_mask, y0, tc, gen, RIVALS)
+    # Start points are drawn for the global batch and each process takes its part, so that they do not
+    # depend on the number of processes.
+    y0 = replay.sample(share.total, noise, device=gold.device).y[share.part]
+    return mcmc_objective(model, cond, gold, slot_mask, y0, tc, gen, RIVALS, whole)
 
 
 def _check_same_hvae(out: Path, run: HVAERun) -> None:

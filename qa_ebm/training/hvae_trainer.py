@@ -40,6 +40,7 @@ from qa_ebm.data.tokenizer import load_tokenizer
 from qa_ebm.errors import ConfigError
 from qa_ebm.io import write_json
 from qa_ebm.models.hvae import HVAE, TokenSpec
+from qa_ebm.training.distributed import check_launch, mean_over_processes, seed_process, share_of
 from qa_ebm.training.loop import LoopSettings, LoopState, StepOutput, TrainingLoop
 from qa_ebm.training.runs import (
     TrainingError,  # noqa: F401  (callers catch it from here)
@@ -47,6 +48,7 @@ from qa_ebm.training.runs import (
     init_wandb,
     load_checkpoint,
     prepare_run_dir,
+    remove_replaced,
     save_checkpoint,
     trim_metrics,
 )
@@ -117,6 +119,8 @@ def train_hvae(
     data = load_processed(data_dir)
     check_tokenizer_matches_decoder(data.manifest["tokenizer"], config.hvae.decoder)
     spec = token_spec(data)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum)
+    check_launch(accelerator, "train_hvae", tc.batch_size, tc.mixed_precision)
     out, replaced = prepare_run_dir(Path(out), config, resume, overwrite, ("hvae", "train_hvae"), RESUMABLE_CHANGES)
     answers = {split: data.answer_arrays(split) for split in SPLITS}
     train, val = answers["train"], answers["val"]
@@ -129,12 +133,12 @@ def train_hvae(
     if config.hvae.word_encoder != "scratch":  # frozen pretrained word level: embed every sentence once
         spec = add_sentence_vectors(config.hvae.word_encoder, data, spec, answers, train)
 
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum)
     set_seed(tc.seed)
     model = HVAE(config.hvae, spec)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
+    seed_process(tc.seed, accelerator)
     state_dir = out / "trainer_state"
     saved = load_checkpoint(state_dir, accelerator, model, optimizer, scheduler) if resume else None
     start = LoopState.from_dict(saved)
@@ -148,8 +152,10 @@ def train_hvae(
         save_checkpoint(state_dir, accelerator, model, optimizer, scheduler, {**loop_state, "seed": tc.seed})
 
     def evaluate(step: int, train_stats: dict[str, float]) -> dict[str, Any]:
-        metrics = {"step": step, **train_stats, **diagnostics(accelerator.unwrap_model(model), val, tc, tokenizer)}
-        if accelerator.is_main_process:
+        train_stats = mean_over_processes(train_stats, accelerator)
+        metrics = {"step": step, **train_stats}
+        if accelerator.is_main_process:  # the others go on to the next step and wait for it there
+            metrics.update(diagnostics(accelerator.unwrap_model(model), val, tc, tokenizer))
             with (out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
             if wandb_run is not None:
@@ -183,7 +189,7 @@ def train_hvae(
                     word_dropout_decoder=tc.word_dropout_decoder,
                     count_loss_weight=tc.count_loss_weight,
                 )
-                accelerator.backward(output.loss / tc.grad_accum)
+                accelerator.backward(output.loss)  # divides by grad_accum itself
             losses.append(output.loss.detach())
             inputs.update({k if tc.grad_accum == 1 else f"{k} (micro-batch {micro})": v for k, v in batch.items()})
         stats = {
@@ -229,9 +235,7 @@ def train_hvae(
         )
     if wandb_run is not None:
         wandb_run.finish()
-    accelerator.wait_for_everyone()
-    if replaced is not None and accelerator.is_main_process:  # the new run is complete: drop the old one
-        shutil.rmtree(replaced, ignore_errors=True)
+    remove_replaced(replaced)  # the new run is complete: drop the old one
     return TrainResult(out=out, step=step, stopped=stopped, metrics=metrics)
 
 
@@ -258,14 +262,14 @@ def batch_at(
     """The `index`-th batch of the run: a pure function of (seed, index), so a resumed run sees the same data.
 
     Each epoch is a permutation drawn from a generator seeded with (seed, epoch). With several
-    processes, each takes every world_size-th example of the batch.
+    processes, `batch_size` is the global batch and each process takes its block of it (`share_of`).
     """
     n = len(arrays["ids"])
     epoch, k = divmod(index, math.ceil(n / batch_size))
     rows = _epoch_order(n, seed, epoch)[k * batch_size : (k + 1) * batch_size]
     device = torch.device("cpu")
     if accelerator is not None:
-        rows = rows[accelerator.process_index :: accelerator.num_processes]
+        rows = share_of(rows, accelerator.process_index, accelerator.num_processes).rows
         device = accelerator.device
     return {name: torch.from_numpy(arrays[name][rows]).to(device) for name in batch_keys(arrays)}
 

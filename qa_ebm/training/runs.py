@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from qa_ebm.config import Config, load_config
 from qa_ebm.errors import CheckpointError, ConfigError, OutputExistsError, QaEbmError
 from qa_ebm.io import recover_output_dir
 from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
+from qa_ebm.training.distributed import check_in_sync, on_main, rng_states
 
 MODEL_FILE = "model.safetensors"  # the model's weights, inside the trainer-state dir
 
@@ -50,7 +52,15 @@ def prepare_run_dir(
     section (the last one) named in `resumable` may differ. Returns the run dir and where an old run
     went: the caller removes it once the new run is complete, so a new run that fails leaves the old one
     beside it (`.NAME.old-PID`) rather than losing both.
+
+    In a several-process run the main process does all of this and the others get its answer (or its error).
     """
+    return on_main(lambda: _prepare_run_dir(out, config, resume, overwrite, sections, resumable))
+
+
+def _prepare_run_dir(
+    out: Path, config: Config, resume: bool, overwrite: bool, sections: tuple[str, ...], resumable: set[str]
+) -> tuple[Path, Path | None]:
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a directory")
     if resume:
@@ -112,6 +122,8 @@ def save_checkpoint(
 
     Every process calls this; the main process writes, the others wait for it.
     """
+    check_in_sync(model, accelerator, state["step"])
+    rng = rng_states(accelerator)  # every process's
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
 
@@ -120,7 +132,7 @@ def save_checkpoint(
             for name, named_tensors in (tensors or {}).items():
                 save_file({k: v.contiguous() for k, v in named_tensors.items()}, str(tmp / name))
 
-        save_trainer_state(directory, optimizer, scheduler, state, write_also=write_weights)
+        save_trainer_state(directory, optimizer, scheduler, state, rng=rng, write_also=write_weights)
     accelerator.wait_for_everyone()
 
 
@@ -139,7 +151,7 @@ def load_checkpoint(
     if not directory.exists():
         return None
     load_module(accelerator.unwrap_model(model), directory / MODEL_FILE)
-    return load_trainer_state(directory, optimizer, scheduler)
+    return load_trainer_state(directory, optimizer, scheduler, accelerator.process_index)
 
 
 def trim_metrics(path: Path, step: int) -> None:
@@ -184,3 +196,16 @@ def base_manifest(fmt: str, config: Config, step: int, stopped: str, metrics: di
         "final_metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)},
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
+
+
+def remove_replaced(replaced: Path | None) -> None:
+    """Delete the run --overwrite moved aside, now that the new one is complete.
+
+    Every process calls this: it is also where the others wait for the main process to finish writing.
+    """
+
+    def remove() -> None:
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
+
+    on_main(remove)
