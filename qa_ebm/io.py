@@ -93,11 +93,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale(out: Path) -> None:
+def recover_output_dir(out: Path) -> None:
     """Clear what a killed run (its pid gone) left beside `out`.
 
     Its temp dir is half-written and goes. Its `.old` dir is the previous good output: if the run died
     between moving it aside and renaming the new one in, `out` is missing and the old one is put back.
+    Readers that may follow a killed writer (a resumed training run) call this before looking at `out`.
     """
     for kind in ("tmp", "old"):
         for stale in out.parent.glob(f".{out.name}.{kind}-*"):
@@ -117,7 +118,7 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterat
     If the body raises (or the process dies), `out` keeps whatever good content it had and the temp
     dir is removed (or, after a hard kill, left under a dot-name that the next run clears).
     """
-    _remove_stale(Path(out))  # first: a restored output is then protected like any other
+    recover_output_dir(Path(out))  # first: a restored output is then protected like any other
     out = check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -13,7 +13,8 @@ temp name and renamed into place only when complete (:func:`save_trainer_state`)
     scheduler.json         ``scheduler.state_dict()`` (``null`` when there is no scheduler)
     rng.safetensors        torch's CPU RNG state (``"cpu"``) and, when CUDA is available, ``"cuda.{i}"``;
                            in a several-process run also each other process's, as ``"process{r}.cpu"``...
-    state.json             the caller's own state: step, epoch, metrics...
+    state.json             the caller's own state: step, epoch, metrics... (written last)
+    ...                    the caller's own files (``write_also``), e.g. model.safetensors
 
 JSON is checked strictly before anything is written: a value JSON would silently change (an int dict
 key, a tensor, a numpy int) is a :class:`CheckpointError`, not a resume that differs from the run.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ def save_trainer_state(
     scheduler: LRScheduler | None,
     state: dict[str, Any],
     rng: dict[str, torch.Tensor] | None = None,
+    *,
+    write_also: Callable[[Path], None] | None = None,
 ) -> None:
     """Write optimizer, scheduler, torch RNG and `state` to `directory`, replacing it atomically.
 
@@ -67,7 +70,9 @@ def save_trainer_state(
 
     Everything is gathered and checked before the first byte is written; the files then go to a temp
     dir beside `directory`, which replaces it in one rename. A failure (or a crash) leaves any previous
-    state in `directory` as it was.
+    state in `directory` as it was. `write_also(tmp)` writes the caller's own files (the model's weights,
+    a replay buffer) into the same temp dir, so that weights and trainer state are only ever replaced
+    together: a crash between the two writes cannot leave a mismatched pair.
     """
     directory = Path(directory)
     opt_tensors, opt_json = _optimizer_to_files(optimizer, directory)
@@ -83,6 +88,8 @@ def save_trainer_state(
         write_json(tmp / OPTIMIZER_JSON, opt_json)
         write_json(tmp / SCHEDULER_JSON, sched_json)
         save_file(rng, str(tmp / RNG_TENSORS))
+        if write_also is not None:
+            write_also(tmp)
         write_json(tmp / STATE_JSON, dict(state))
 
 

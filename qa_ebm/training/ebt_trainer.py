@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -37,17 +36,13 @@ from qa_ebm.errors import CheckpointError, ConfigError
 from qa_ebm.io import write_json
 from qa_ebm.models.ebt import EBTSpec, EnergyTransformer, LatentModel, LatentRegressor
 from qa_ebm.models.question_encoder import build_condition_encoder
-from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
 from qa_ebm.training.distributed import (
     Share,
-    any_process,
     average_gradients,
-    check_in_sync,
     check_launch,
     gather_rows,
     mean_over_processes,
     process_seed,
-    rng_states,
     seed_process,
     share_of,
 )
@@ -60,14 +55,17 @@ from qa_ebm.training.ebt_objectives import (
     regress_objective,
 )
 from qa_ebm.training.hvae_trainer import _epoch_order
+from qa_ebm.training.loop import LoopSettings, LoopState, StepOutput, TrainingLoop
 from qa_ebm.training.replay import ReplayBuffer
 from qa_ebm.training.runs import (
     TrainingError,
     base_manifest,
-    check_finite,
     init_wandb,
+    load_checkpoint,
     prepare_run_dir,
     remove_replaced,
+    save_checkpoint,
+    trim_metrics,
 )
 from qa_ebm.training.schedules import warmup_cosine
 
@@ -75,7 +73,18 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 KEYS = ("y", "slot_mask", "x", "x_mask")
-RESUMABLE_CHANGES = {"steps", "max_seconds", "eval_every", "save_every", "report_to", "num_samples", "eval_size"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "max_seconds",
+    "eval_every",
+    "save_every",
+    "report_to",
+    "num_samples",
+    "eval_size",
+    "nonfinite",
+    "max_nonfinite_skips",
+}
+REPLAY_FILE = "replay.safetensors"  # the replay buffer's tensors, inside the trainer-state dir
 RIVALS = 7  # other questions' answers per example in the contrastive losses
 # ired learns no step size; its energy gradient predicts the unit-variance noise, so a landscape's few steps
 # of this size move y by about the noise the landscape added.
@@ -263,7 +272,6 @@ def train_ebt(
 ) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     tc = config.train_ebt
     run = load_hvae_run(hvae_dir)
@@ -300,28 +308,20 @@ def train_ebt(
         generator=torch.Generator().manual_seed(tc.seed),
     )
     state_dir = out / "trainer_state"
-    step = 0
-    if resume and (state_dir / "state.json").is_file():
-        load_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
-        state = load_trainer_state(state_dir, optimizer, scheduler, accelerator.process_index)
-        step = int(state["step"])
-        replay.load_state_dict(_load_replay(state_dir, state))
+    saved = load_checkpoint(state_dir, accelerator, model, optimizer, scheduler) if resume else None
+    if saved is not None:
+        replay.load_state_dict(_load_replay(state_dir, saved))
+    start = LoopState.from_dict(saved)
+    if resume and accelerator.is_main_process:
+        trim_metrics(out / "metrics.jsonl", start.step)
     wandb_run = init_wandb(tc.report_to, "train_ebt", config, out, "train-ebt") if accelerator.is_main_process else None
     alpha_bar = cosine_alpha_bar(config.ebt.num_landscapes)
     hvae, tokenizer = _decoder_for_samples(run, tc)
 
-    def save(step: int) -> None:
-        check_in_sync(model, accelerator, step)
-        rng = rng_states(accelerator)
-        if accelerator.is_main_process:  # the replay buffer is the same on every process (see the loop)
-            replay_tensors, replay_meta = _replay_files(replay)
-            state = {"step": step, "seed": tc.seed, "replay": replay_meta}
-            save_trainer_state(state_dir, optimizer, scheduler, state, rng=rng)
-            save_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
-            from safetensors.torch import save_file
-
-            save_file(replay_tensors, str(state_dir / "replay.safetensors"))
-        accelerator.wait_for_everyone()
+    def save(step: int, loop_state: dict[str, Any]) -> None:
+        replay_tensors, replay_meta = _replay_files(replay)
+        state = {**loop_state, "seed": tc.seed, "replay": replay_meta}
+        save_checkpoint(state_dir, accelerator, model, optimizer, scheduler, state, {REPLAY_FILE: replay_tensors})
 
     def evaluate(step: int, train_stats: dict[str, float]) -> dict[str, Any]:
         metrics = {"step": step, **mean_over_processes(train_stats, accelerator)}
@@ -337,15 +337,7 @@ def train_ebt(
             on_eval(metrics)
         return metrics
 
-    started, stopped, metrics, last_saved, window = time.perf_counter(), "done", {}, step, []
-    bar = tqdm(
-        total=tc.steps,
-        initial=step,
-        desc=f"train-ebt ({tc.objective})",
-        disable=not progress or not accelerator.is_main_process,
-    )
-    model.train()
-    while step < tc.steps:
+    def train_step(step: int) -> StepOutput:
         batch, share = batch_at(
             arrays["train"], step, tc.batch_size, tc.seed, accelerator.process_index, accelerator.num_processes
         )
@@ -354,33 +346,39 @@ def train_ebt(
         whole = whole_batch(arrays["train"], share, accelerator.device)
         with accelerator.autocast():
             output = _objective(model, batch, tc, replay, alpha_bar, gen, share, whole)
-        check_finite(output.loss, step, last_saved, "train_ebt", tc.lr_backbone)
         accelerator.backward(output.loss)
         average_gradients(model.parameters(), accelerator)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        check_finite(grad_norm, step, last_saved, "train_ebt", tc.lr_backbone, what="gradient norm")
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        if output.refined is not None:  # every process keeps the whole batch's, so the buffers stay equal
+
+        def push_refined() -> None:  # only an applied step's samples: a skipped step's may be non-finite
+            # every process keeps the whole batch's, so the buffers stay equal
             replay.push(gather_rows(output.refined, accelerator), gather_rows(batch["slot_mask"], accelerator))
-        step += 1
-        bar.update(1)
-        window.append({"loss": output.loss.item(), **output.parts})
-        bar.set_postfix(loss=f"{window[-1]['loss']:.3f}")
-        out_of_time = tc.max_seconds is not None and any_process(
-            time.perf_counter() - started > tc.max_seconds, accelerator
+
+        return StepOutput(
+            loss=output.loss.detach(),
+            stats={"loss": output.loss.item(), **output.parts},
+            inputs=batch,
+            after_update=push_refined if output.refined is not None else None,
         )
-        if step % tc.eval_every == 0 or step == tc.steps or out_of_time:
-            metrics = evaluate(step, {f"train_{k}": float(np.mean([w[k] for w in window])) for k in window[0]})
-            window = []
-        if step % tc.save_every == 0 or step == tc.steps or out_of_time:
-            save(step)
-            last_saved = step
-        if out_of_time:
-            stopped = "time budget"
-            break
-    bar.close()
+
+    started = time.perf_counter()
+    model.train()
+    loop = TrainingLoop(
+        LoopSettings.from_config(tc, "train_ebt", lr_key="lr_backbone"),
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        train_step,
+        save,
+        evaluate,
+        checkpoint_dir=state_dir,
+        oom_advice=f"with train_ebt.batch_size={tc.batch_size}; "
+        f"try --set train_ebt.batch_size={max(1, tc.batch_size // 2)}",
+        desc=f"train-ebt ({tc.objective})",
+        progress=progress,
+    )
+    result = loop.run(start)
+    step, stopped, metrics = result.step, result.stopped, result.metrics
 
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(out / "model")
@@ -430,9 +428,9 @@ def _replay_files(replay: ReplayBuffer) -> tuple[dict[str, torch.Tensor], dict[s
 
 
 def _load_replay(state_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
-    path = state_dir / "replay.safetensors"
+    path = state_dir / REPLAY_FILE
     if not path.is_file():
-        raise CheckpointError(f"{state_dir}: no replay.safetensors; the trainer state is incomplete")
+        raise CheckpointError(f"{state_dir}: no {REPLAY_FILE}; the trainer state is incomplete")
     return {**load_file(str(path)), **state.get("replay", {})}
 
 
