@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
@@ -210,8 +211,9 @@ class SpanProposalHead(nn.Module):
             raise CheckpointError(f"{where}: top-level keys must be format, version, config; got {sorted(meta)}")
         cfg = ProposalConfig.from_dict(meta["config"], where)
         try:
-            encoder = AutoModel.from_pretrained(d / ENCODER_DIR, trust_remote_code=False)
-        except (OSError, ValueError) as e:
+            # save_pretrained wrote safetensors: a pytorch_model.bin put in its place is never unpickled
+            encoder = AutoModel.from_pretrained(d / ENCODER_DIR, trust_remote_code=False, use_safetensors=True)
+        except (OSError, ValueError, SafetensorError) as e:
             raise CheckpointError(f"{d / ENCODER_DIR}: cannot load the encoder ({e})") from e
         try:
             model = cls(encoder, cfg)
@@ -229,7 +231,11 @@ def load_proposal_head(directory: str | Path) -> tuple[SpanProposalHead, Any]:
     enc = Path(directory) / ENCODER_DIR
     if not (enc / "tokenizer.json").is_file():
         raise CheckpointError(f"{enc}: no tokenizer.json; save the head with save_pretrained(dir, tokenizer)")
-    return model, AutoTokenizer.from_pretrained(enc)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(enc, trust_remote_code=False)
+    except (OSError, ValueError) as e:  # ValueError covers undecodable JSON
+        raise CheckpointError(f"{enc}: cannot load the tokenizer ({str(e).splitlines()[0][:160]})") from e
+    return model, tokenizer
 
 
 # ------------------------------------------------------------------------------ span decoding
