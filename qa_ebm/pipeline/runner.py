@@ -63,8 +63,8 @@ def load_spec(path: str | Path, inputs: dict[str, str | None] | None = None, out
     """Read and check a pipeline file; `inputs` / `out` given on the command line replace the file's.
 
     A pipeline file may come from elsewhere, so the paths it names (config, out, inputs, path values of `set`)
-    must lie inside the working directory or the pipeline file's own directory (the config may also come from
-    the file's project, `pipelines/../configs`): `../../etc` or an absolute path elsewhere is a ConfigError.
+    must lie inside the working directory or the pipeline file's own directory (the config may also be one of
+    the file's project or qa-ebm's own `configs/`): `../../etc` or an absolute path elsewhere is a ConfigError.
     Paths given on the command line are the user's choice and are taken as they are.
     """
     path = Path(path)
@@ -97,7 +97,7 @@ def load_spec(path: str | Path, inputs: dict[str, str | None] | None = None, out
     config = Path(str(raw.get("config", "configs/tiny.yaml")))
     if not config.is_file() and (project / config).is_file():
         config = project / config
-    _check_inside(path, "config", str(config), (*roots, project))
+    _check_inside(path, "config", str(config), (*roots, project, REPO_ROOT / "configs"))
     if out is None:
         out = str(raw.get("out") or f"runs/{path.stem}")
         _check_inside(path, "out", out, roots, "--out")

@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
-from qa_ebm.models.weights import load_module, save_module
+from qa_ebm.models.weights import load_module, safetensors_hint, save_module
 from qa_ebm.reading.windows import Windows, make_windows
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,10 @@ class SpanProposalHead(nn.Module):
         try:
             # save_pretrained wrote safetensors: a pytorch_model.bin put in its place is never unpickled
             encoder = AutoModel.from_pretrained(d / ENCODER_DIR, trust_remote_code=False, use_safetensors=True)
-        except (OSError, ValueError, SafetensorError) as e:
+        except SafetensorError as e:
+            weights = d / ENCODER_DIR / "model.safetensors"
+            raise CheckpointError(f"{weights}: not a readable safetensors file{safetensors_hint(weights)} ({e})") from e
+        except (OSError, ValueError) as e:
             raise CheckpointError(f"{d / ENCODER_DIR}: cannot load the encoder ({e})") from e
         try:
             model = cls(encoder, cfg)
