@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -16,6 +17,9 @@ from typing import IO, Any
 from qa_ebm.errors import CheckpointError, DataError, OutputExistsError, QaEbmError
 
 GZIP_MAGIC = b"\x1f\x8b"
+# What reading an input from `open_input` can raise midway: I/O, a gzip stream cut short (EOFError) or
+# corrupt (zlib.error, which is no OSError), bytes that are not UTF-8.
+READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
 
 
 def open_input(path: str | os.PathLike, mode: str = "rt") -> IO:

@@ -28,6 +28,9 @@ _BLOCK_TAGS = frozenset(
 _SKIP_TAGS = frozenset({"script", "style", "head", "title", "noscript", "template"})
 _WS_RE = re.compile(r"\s+")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# Control characters that are not whitespace: junk in any text, and NUL is the block marker above. An
+# entity (`&#1;`) can produce them after parsing too, so every piece of text is scrubbed, not just the input.
+_CONTROL_RE = re.compile("[\x00-\x08\x0e-\x1b\x7f]")
 _PARAGRAPH_RE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
@@ -77,6 +80,11 @@ def replace_lone_surrogates(text: str) -> str:
     return _SURROGATE_RE.sub("\ufffd", text)
 
 
+def scrub(text: str) -> str:
+    """Lone surrogates -> U+FFFD, control characters that are not whitespace -> a space."""
+    return _CONTROL_RE.sub(" ", replace_lone_surrogates(text))
+
+
 def normalize_block(text: str) -> str:
     return _WS_RE.sub(" ", text).strip()
 
@@ -93,6 +101,7 @@ def block_spans(masked: str) -> list[tuple[int, int]]:
 
 def text_to_blocks(text: str) -> list[str]:
     """Plain text or markdown: blocks are separated by blank lines, never inside a math span."""
+    text = scrub(text)
     blocks = (text[a:b] for a, b in block_spans(mask_math(text)))
     return [b for b in map(normalize_block, blocks) if b]
 
@@ -104,7 +113,7 @@ def html_to_blocks(html: str, code_blocks: str = "placeholder", images: str = "a
     their text; `<pre>` code blocks become `[code]` (or are kept / dropped); images become
     `[image: alt text]` (or `[image]`, or nothing).
     """
-    html = replace_lone_surrogates(html)
+    html = scrub(html)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
         soup = BeautifulSoup(html, "html.parser")
@@ -129,7 +138,7 @@ def _walk(root: Tag, parts: list[str], code_blocks: str, images: str) -> None:
         if isinstance(child, (Comment, Doctype)):
             continue
         if isinstance(child, NavigableString):
-            parts.append(str(child))
+            parts.append(scrub(str(child)))
             continue
         if not isinstance(child, Tag):
             continue
@@ -138,12 +147,12 @@ def _walk(root: Tag, parts: list[str], code_blocks: str, images: str) -> None:
             continue
         if name == "pre":
             if code_blocks == "keep":
-                parts += [_BLOCK, child.get_text(), _BLOCK]
+                parts += [_BLOCK, scrub(child.get_text()), _BLOCK]
             elif code_blocks == "placeholder":
                 parts += [_BLOCK, "[code]", _BLOCK]
             continue
         if name == "img":
-            alt = normalize_block(str(child.get("alt") or ""))
+            alt = normalize_block(scrub(str(child.get("alt") or "")))
             if images == "alt" and alt:
                 parts.append(f" [image: {alt}] ")
             elif images != "drop":
@@ -159,7 +168,6 @@ def _walk(root: Tag, parts: list[str], code_blocks: str, images: str) -> None:
 
 
 def clean_to_blocks(text: str, markup: str, code_blocks: str = "placeholder", images: str = "alt") -> list[str]:
-    text = replace_lone_surrogates(text)
     if markup == "html":
         return html_to_blocks(text, code_blocks=code_blocks, images=images)
     return text_to_blocks(text)

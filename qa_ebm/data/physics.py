@@ -20,9 +20,9 @@ from typing import Any
 from qa_ebm.config import PhysicsSourceConfig
 from qa_ebm.data.hub import load_hub_dataset, resolve_local
 from qa_ebm.data.records import RECORD_SUFFIXES, get_field, iter_records
-from qa_ebm.data.schema import RawExample, SourceReport
+from qa_ebm.data.schema import RawExample, SourceReport, scrub_example
 from qa_ebm.errors import DataError
-from qa_ebm.io import open_input, strip_compression_suffix
+from qa_ebm.io import READ_ERRORS, open_input, strip_compression_suffix
 
 LOCAL_HINT = "--physics data/physics_sample.jsonl"
 H4_FIELDS = ("qid", "question", "answers")
@@ -74,8 +74,11 @@ def detect_format(path: Path, cfg: PhysicsSourceConfig) -> str:
     if name.endswith(".xml"):
         return "posts_xml"
     if not name.endswith(RECORD_SUFFIXES):
-        with open_input(path, "rb") as f:
-            head = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n")
+        try:
+            with open_input(path, "rb") as f:
+                head = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n")
+        except READ_ERRORS as e:
+            raise DataError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from e
         if head.startswith((b"<?xml", b"<posts")):
             return "posts_xml"
         raise DataError(
@@ -106,18 +109,20 @@ def _escape(text: str) -> str:
 
 
 def _example(qid: str, group: str, title: str, question: str, answer: str, markup: str) -> RawExample:
-    return RawExample(
-        id=qid,
-        source="physics",
-        group=group,
-        title=title,
-        question=question,
-        context="",
-        answer=answer,
-        references=[answer],
-        answer_start=-1,
-        is_impossible=False,
-        markup=markup,
+    return scrub_example(
+        RawExample(
+            id=qid,
+            source="physics",
+            group=group,
+            title=title,
+            question=question,
+            context="",
+            answer=answer,
+            references=[answer],
+            answer_start=-1,
+            is_impossible=False,
+            markup=markup,
+        )
     )
 
 
@@ -174,6 +179,8 @@ def _best(answers: list[dict], accepted, score) -> dict:
 def _num(value: Any) -> float:
     try:
         return float(value)
+    except OverflowError:  # an integer past float's range (JSON allows any): it still compares by sign
+        return float("inf") if value > 0 else float("-inf")
     except (TypeError, ValueError):
         return float("-inf")
 
@@ -229,8 +236,10 @@ def _posts_xml_examples(path: Path, report: SourceReport, limit: int | None) -> 
                 root.clear()  # drop finished rows: memory stays flat however large the dump
     except ParseError as e:
         raise DataError(f"{path}: malformed XML ({e})") from e
-    except (UnicodeDecodeError, OSError, EOFError) as e:
+    except READ_ERRORS as e:
         raise DataError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from e
+    except LookupError as e:  # the XML declaration names an encoding Python does not know
+        raise DataError(f"{path}: cannot read ({e})") from e
     except Exception as e:  # defusedxml refuses entity expansion and external references
         if e.__class__.__module__.startswith("defusedxml"):
             raise DataError(f"{path}: refused unsafe XML ({e.__class__.__name__})") from e
