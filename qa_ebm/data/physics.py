@@ -191,9 +191,11 @@ def _num(value: Any) -> float:
 def _posts_xml_examples(path: Path, report: SourceReport, limit: int | None) -> list[RawExample]:
     """Stream a Stack Exchange `Posts.xml`: rows are read and cleared one at a time.
 
-    Memory holds the questions and, per question, only its accepted answer and its best-scored
-    answer so far, never the whole dump. Answers follow their question in real dumps (ids rise);
-    an answer seen before its question is kept aside until the question arrives.
+    Memory is proportional to what is kept, not to the file: per question its title and body and one
+    answer body (the accepted one once seen, until then the best-scored so far), never the other answers,
+    the other post types or the XML. Answers follow their question in real dumps (ids rise); an answer
+    seen before its question is kept aside until the question arrives (all of them: which one is
+    accepted is not known yet), and dropped at the end if it never does.
     """
     from xml.etree.ElementTree import ParseError
 
@@ -201,7 +203,7 @@ def _posts_xml_examples(path: Path, report: SourceReport, limit: int | None) -> 
 
     questions: dict[str, tuple[str, str, str]] = {}  # id -> (title, body, accepted answer id)
     accepted: dict[str, str] = {}  # question id -> accepted answer body
-    best: dict[str, tuple[float, str]] = {}  # question id -> (score, body)
+    best: dict[str, tuple[float, str]] = {}  # question id -> (score, body), until its accepted answer is seen
     early: dict[str, dict[str, str]] = {}  # answers whose question was not seen yet: qid -> {aid: body}
     root = None
     try:
@@ -223,17 +225,8 @@ def _posts_xml_examples(path: Path, report: SourceReport, limit: int | None) -> 
                         raise DataError(f"{path}: question row without an Id attribute")
                     questions[a["Id"]] = (a.get("Title", ""), a.get("Body", ""), a.get("AcceptedAnswerId", ""))
                 elif kind == "2":
-                    parent, aid, body = a.get("ParentId"), a.get("Id", ""), a.get("Body", "")
-                    if not parent:
-                        raise DataError(f"{path}: answer row Id={aid} without a ParentId attribute")
-                    if parent in questions and questions[parent][2] == aid:
-                        accepted[parent] = body
-                    elif parent not in questions:
-                        early.setdefault(parent, {})[aid] = body
-                    score = _num(a.get("Score"))
-                    if parent not in best or score > best[parent][0]:
-                        best[parent] = (score, body)
-                root.clear()  # drop finished rows: memory stays flat however large the dump
+                    _keep_answer(a, path, questions, accepted, best, early)
+                root.clear()  # drop finished rows: the parsed tree never grows past one row
     except ParseError as e:
         raise DataError(f"{path}: malformed XML ({e})") from e
     except READ_ERRORS as e:
@@ -246,11 +239,12 @@ def _posts_xml_examples(path: Path, report: SourceReport, limit: int | None) -> 
         raise
 
     examples = []
-    for qid, (title, body, accepted_id) in questions.items():
+    for qid in list(questions):
         if limit is not None and len(examples) >= limit:
             break
+        title, body, accepted_id = questions.pop(qid)  # each question's text is released as it is used
         report.questions += 1
-        answer = accepted.get(qid) or early.get(qid, {}).get(accepted_id) or best.get(qid, (0, None))[1]
+        answer = accepted.pop(qid, None) or early.pop(qid, {}).get(accepted_id) or best.pop(qid, (0, None))[1]
         if answer is None:
             report.skip("no_answer")
             continue
@@ -265,6 +259,31 @@ def _posts_xml_examples(path: Path, report: SourceReport, limit: int | None) -> 
             )
         )
     return examples
+
+
+def _keep_answer(
+    a: dict[str, str],
+    path: Path,
+    questions: dict[str, tuple[str, str, str]],
+    accepted: dict[str, str],
+    best: dict[str, tuple[float, str]],
+    early: dict[str, dict[str, str]],
+) -> None:
+    """Remember an answer row only if it can still be its question's best answer."""
+    parent, aid, body = a.get("ParentId"), a.get("Id", ""), a.get("Body", "")
+    if not parent:
+        raise DataError(f"{path}: answer row Id={aid} without a ParentId attribute")
+    if parent in accepted:  # the accepted answer wins whatever the others score
+        return
+    if parent in questions and questions[parent][2] == aid:
+        accepted[parent] = body
+        best.pop(parent, None)
+        return
+    if parent not in questions:
+        early.setdefault(parent, {})[aid] = body
+    score = _num(a.get("Score"))
+    if parent not in best or score > best[parent][0]:
+        best[parent] = (score, body)
 
 
 # --------------------------------------------------------------------------------------- pairs
