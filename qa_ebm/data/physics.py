@@ -19,7 +19,7 @@ from typing import Any
 
 from qa_ebm.config import PhysicsSourceConfig
 from qa_ebm.data.hub import load_hub_dataset, resolve_local
-from qa_ebm.data.records import RECORD_SUFFIXES, get_field, iter_records
+from qa_ebm.data.records import RECORD_SUFFIXES, field_names, get_field, iter_records
 from qa_ebm.data.schema import RawExample, SourceReport, scrub_example
 from qa_ebm.errors import DataError
 from qa_ebm.io import READ_ERRORS, open_input, strip_compression_suffix
@@ -92,7 +92,7 @@ def detect_format(path: Path, cfg: PhysicsSourceConfig) -> str:
         if missing:
             raise DataError(
                 f"{where}: neither the H4 schema (fields {', '.join(H4_FIELDS)}) nor Q/A pairs: missing "
-                f"field {missing[0]!r} (set data.physics.fields.*; fields present: {', '.join(sorted(record))})"
+                f"field {missing[0]!r} (set data.physics.fields.*; fields present: {field_names(record)})"
             )
         return "pairs"
     raise DataError(f"{path}: the physics source is empty (no records)")
@@ -272,7 +272,7 @@ def _keep_answer(
     """Remember an answer row only if it can still be its question's best answer."""
     parent, aid, body = a.get("ParentId"), a.get("Id", ""), a.get("Body", "")
     if not parent:
-        raise DataError(f"{path}: answer row Id={aid} without a ParentId attribute")
+        raise DataError(f"{path}: answer row Id={aid!r} without a ParentId attribute")
     if parent in accepted:  # the accepted answer wins whatever the others score
         return
     if parent in questions and questions[parent][2] == aid:
@@ -297,7 +297,7 @@ def _pair_examples(path: Path, cfg: PhysicsSourceConfig, report: SourceReport, l
             if not _has(rec, name):
                 raise DataError(
                     f"{where}: missing field {name!r} (pairs layout from data.physics.fields; "
-                    f"fields present: {', '.join(sorted(rec))})"
+                    f"fields present: {field_names(rec)})"
                 )
         key = get_field(rec, f.group)
         # A row without a group value is a question of its own, never merged with other such rows.

@@ -39,6 +39,12 @@ def get_field(record: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+def field_names(record: dict[str, Any]) -> str:
+    """The record's keys for an error message, on one line: a key with a newline or control character in it
+    is shown quoted (`'\\n'`), since the message must stay one line."""
+    return ", ".join(k if k.isprintable() else repr(k) for k in sorted(map(str, record))) or "none"
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     with _reading(path) as f:
         for n, line in enumerate(f, 1):

@@ -15,6 +15,7 @@ from typing import Any
 
 from qa_ebm.config import SquadSourceConfig
 from qa_ebm.data.hub import load_hub_dataset, resolve_local
+from qa_ebm.data.records import field_names
 from qa_ebm.data.schema import RawExample, SourceReport, scrub_example
 from qa_ebm.errors import DataError
 from qa_ebm.io import READ_ERRORS, open_input
@@ -133,9 +134,7 @@ def _field(obj: Any, name: str, where: str, kind: type | tuple[type, ...]) -> An
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected an object, got {type(obj).__name__}")
     if name not in obj:
-        raise DataError(
-            f"{where}: missing field {name!r} (SQuAD schema; fields present: {', '.join(sorted(obj)) or 'none'})"
-        )
+        raise DataError(f"{where}: missing field {name!r} (SQuAD schema; fields present: {field_names(obj)})")
     value = obj[name]
     if not isinstance(value, kind) or isinstance(value, bool):
         expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
