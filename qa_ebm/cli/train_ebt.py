@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qa_ebm.cli.common import add_common, config_from_args
+from qa_ebm.training.distributed import is_main_process
 from qa_ebm.training.ebt_trainer import train_ebt
 
 
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         on_eval=lambda m: print_eval(m, console),
     )
-    console.print(f"stopped at step {result.step} ({result.stopped}); wrote {result.out} (model/, metrics.jsonl)")
+    if is_main_process():  # under accelerate launch, the one that wrote the run
+        console.print(f"stopped at step {result.step} ({result.stopped}); wrote {result.out} (model/, metrics.jsonl)")
     return 0
 
 

@@ -191,7 +191,8 @@ def _stage_proposal(ctx: Context) -> dict[str, Any]:
     from qa_ebm.reading.proposal import SpanProposalHead, train_proposal_head
 
     rc = ctx.config.reading
-    examples = load_processed(ctx.dir("preprocess")).reading_examples("train", answerable_only=True)
+    # SQuAD v2's unanswerable questions train every window towards CLS: the null score the no-answer decision reads
+    examples = load_processed(ctx.dir("preprocess")).reading_examples("train")
     if not examples:
         raise DataError(f"{ctx.dir('preprocess')}: the train split has no questions with a passage (SQuAD)")
     model, tokenizer = SpanProposalHead.from_encoder(

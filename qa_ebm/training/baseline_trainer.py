@@ -40,6 +40,7 @@ from qa_ebm.models.baseline import AutoregressiveBaseline, BaselineSpec, pack
 from qa_ebm.models.decoders import DecodeSettings
 from qa_ebm.models.hvae import HVAE
 from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
+from qa_ebm.training.distributed import require_one_process
 from qa_ebm.training.ebt_trainer import HVAERun, load_hvae_run, resolve_data_dir
 from qa_ebm.training.hvae_trainer import TrainResult, _epoch_order, decode_text
 from qa_ebm.training.runs import TrainingError, base_manifest, check_finite, prepare_run_dir
@@ -127,6 +128,7 @@ def train_baseline(
     out = Path(out_dir)
     if resume:
         _check_same_hvae(out, run)
+    require_one_process("train-baseline")
     out, replaced = prepare_run_dir(out, config, resume, overwrite, SECTIONS, RESUMABLE_CHANGES)
     tokenizer = load_tokenizer(run.root / "tokenizer")
     data = load_processed(data_path)

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +38,22 @@ from qa_ebm.io import write_json
 from qa_ebm.models.ebt import EBTSpec, EnergyTransformer, LatentModel, LatentRegressor
 from qa_ebm.models.question_encoder import build_condition_encoder
 from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
+from qa_ebm.training.distributed import (
+    Share,
+    any_process,
+    average_gradients,
+    check_in_sync,
+    check_launch,
+    gather_rows,
+    mean_over_processes,
+    process_seed,
+    rng_states,
+    seed_process,
+    share_of,
+)
 from qa_ebm.training.ebt_objectives import (
     ObjectiveOutput,
+    WholeBatch,
     ired_objective,
     masked_mse,
     mcmc_objective,
@@ -48,7 +61,14 @@ from qa_ebm.training.ebt_objectives import (
 )
 from qa_ebm.training.hvae_trainer import _epoch_order
 from qa_ebm.training.replay import ReplayBuffer
-from qa_ebm.training.runs import TrainingError, base_manifest, check_finite, init_wandb, prepare_run_dir
+from qa_ebm.training.runs import (
+    TrainingError,
+    base_manifest,
+    check_finite,
+    init_wandb,
+    prepare_run_dir,
+    remove_replaced,
+)
 from qa_ebm.training.schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -191,12 +211,23 @@ def build_arrays(config: Config, run: HVAERun, data_dir: Path, mean: torch.Tenso
     return arrays, encoder.spec_fields, texts
 
 
-def batch_at(arrays: dict[str, Any], index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
-    """The index-th batch: a seeded permutation per epoch, as in train-hvae."""
+def batch_at(
+    arrays: dict[str, Any], index: int, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1
+) -> tuple[dict[str, torch.Tensor], Share]:
+    """The index-th batch (a seeded permutation per epoch, as in train-hvae): this process's share of it."""
     n = len(arrays["ids"])
     epoch, k = divmod(index, math.ceil(n / batch_size))
-    rows = torch.from_numpy(_epoch_order(n, seed, epoch)[k * batch_size : (k + 1) * batch_size].copy())
-    return {name: arrays[name][rows] for name in KEYS}
+    share = share_of(_epoch_order(n, seed, epoch)[k * batch_size : (k + 1) * batch_size], process_index, num_processes)
+    rows = torch.from_numpy(share.rows.copy())
+    return {name: arrays[name][rows] for name in KEYS}, share
+
+
+def whole_batch(arrays: dict[str, Any], share: Share, device) -> WholeBatch | None:
+    """The step's whole batch of gold latents, where rivals come from when this process has only part of it."""
+    if share.total == len(share.rows):
+        return None
+    rows = torch.from_numpy(share.batch.copy())
+    return arrays["y"][rows].to(device), arrays["slot_mask"][rows].to(device), share.part
 
 
 # --------------------------------------------------------------------------------------- training
@@ -240,6 +271,8 @@ def train_ebt(
     out = Path(out)
     if resume and (out / "model" / "config.json").is_file():
         _check_same_hvae(out, run)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
+    check_launch(accelerator, "train_ebt", tc.batch_size, tc.mixed_precision)
     out, replaced = prepare_run_dir(out, config, resume, overwrite, ("ebt", "train_ebt"), RESUMABLE_CHANGES)
     mean, std = latent_statistics(run.latents["train"])
     arrays, spec_fields, texts = build_arrays(config, run, data_path, mean, std)
@@ -247,7 +280,6 @@ def train_ebt(
         raise ConfigError(f"{run.root}: the train split has {len(arrays['train']['ids'])} answers; need >= 2")
     spec = EBTSpec(latent_dim=run.latent_dim, num_slots=run.num_slots, hvae_run=run.fingerprint, **spec_fields)
 
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
     set_seed(tc.seed)
     model = build_model(config, spec)
     model.set_latent_stats(mean, std)
@@ -255,7 +287,12 @@ def train_ebt(
         model.log_step_size.data.fill_(math.log(tc.step_size))
     optimizer = torch.optim.AdamW(param_groups(model, tc), weight_decay=tc.weight_decay)
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # Not wrapped in DDP: the objectives call `condition`/`energy` (and differentiate the energy), which the
+    # wrapper's forward hooks never see; the gradients are averaged explicitly instead (average_gradients).
+    # Every process built the same weights from the shared seed.
+    model = model.to(accelerator.device)
+    optimizer = accelerator.prepare(optimizer)
+    seed_process(tc.seed, accelerator)
     replay = ReplayBuffer(
         tc.replay_capacity,
         (spec.num_slots, spec.latent_dim),
@@ -266,7 +303,7 @@ def train_ebt(
     step = 0
     if resume and (state_dir / "state.json").is_file():
         load_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
-        state = load_trainer_state(state_dir, optimizer, scheduler)
+        state = load_trainer_state(state_dir, optimizer, scheduler, accelerator.process_index)
         step = int(state["step"])
         replay.load_state_dict(_load_replay(state_dir, state))
     wandb_run = init_wandb(tc.report_to, "train_ebt", config, out, "train-ebt") if accelerator.is_main_process else None
@@ -274,16 +311,23 @@ def train_ebt(
     hvae, tokenizer = _decoder_for_samples(run, tc)
 
     def save(step: int) -> None:
-        replay_tensors, replay_meta = _replay_files(replay)
-        save_trainer_state(state_dir, optimizer, scheduler, {"step": step, "seed": tc.seed, "replay": replay_meta})
-        save_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
-        from safetensors.torch import save_file
+        check_in_sync(model, accelerator, step)
+        rng = rng_states(accelerator)
+        if accelerator.is_main_process:  # the replay buffer is the same on every process (see the loop)
+            replay_tensors, replay_meta = _replay_files(replay)
+            state = {"step": step, "seed": tc.seed, "replay": replay_meta}
+            save_trainer_state(state_dir, optimizer, scheduler, state, rng=rng)
+            save_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
+            from safetensors.torch import save_file
 
-        save_file(replay_tensors, str(state_dir / "replay.safetensors"))
+            save_file(replay_tensors, str(state_dir / "replay.safetensors"))
+        accelerator.wait_for_everyone()
 
     def evaluate(step: int, train_stats: dict[str, float]) -> dict[str, Any]:
+        metrics = {"step": step, **mean_over_processes(train_stats, accelerator)}
+        if not accelerator.is_main_process:  # the others go on to the next step and wait for it there
+            return metrics
         unwrapped = accelerator.unwrap_model(model)
-        metrics = {"step": step, **train_stats}
         metrics.update(diagnostics(unwrapped, arrays["val"], tc, config, texts["val"], hvae, tokenizer))
         with (out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -294,28 +338,39 @@ def train_ebt(
         return metrics
 
     started, stopped, metrics, last_saved, window = time.perf_counter(), "done", {}, step, []
-    bar = tqdm(total=tc.steps, initial=step, desc=f"train-ebt ({tc.objective})", disable=not progress)
+    bar = tqdm(
+        total=tc.steps,
+        initial=step,
+        desc=f"train-ebt ({tc.objective})",
+        disable=not progress or not accelerator.is_main_process,
+    )
     model.train()
     while step < tc.steps:
-        batch = batch_at(arrays["train"], step, tc.batch_size, tc.seed)
+        batch, share = batch_at(
+            arrays["train"], step, tc.batch_size, tc.seed, accelerator.process_index, accelerator.num_processes
+        )
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
+        gen = torch.Generator().manual_seed(process_seed(tc.seed * 1_000_003 + step, accelerator.process_index))
+        whole = whole_batch(arrays["train"], share, accelerator.device)
         with accelerator.autocast():
-            output = _objective(accelerator.unwrap_model(model), batch, tc, replay, alpha_bar, gen)
+            output = _objective(model, batch, tc, replay, alpha_bar, gen, share, whole)
         check_finite(output.loss, step, last_saved, "train_ebt", tc.lr_backbone)
         accelerator.backward(output.loss)
+        average_gradients(model.parameters(), accelerator)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
         check_finite(grad_norm, step, last_saved, "train_ebt", tc.lr_backbone, what="gradient norm")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        if output.refined is not None:
-            replay.push(output.refined.cpu(), batch["slot_mask"].cpu())
+        if output.refined is not None:  # every process keeps the whole batch's, so the buffers stay equal
+            replay.push(gather_rows(output.refined, accelerator), gather_rows(batch["slot_mask"], accelerator))
         step += 1
         bar.update(1)
         window.append({"loss": output.loss.item(), **output.parts})
         bar.set_postfix(loss=f"{window[-1]['loss']:.3f}")
-        out_of_time = tc.max_seconds is not None and time.perf_counter() - started > tc.max_seconds
+        out_of_time = tc.max_seconds is not None and any_process(
+            time.perf_counter() - started > tc.max_seconds, accelerator
+        )
         if step % tc.eval_every == 0 or step == tc.steps or out_of_time:
             metrics = evaluate(step, {f"train_{k}": float(np.mean([w[k] for w in window])) for k in window[0]})
             window = []
@@ -327,31 +382,35 @@ def train_ebt(
             break
     bar.close()
 
-    accelerator.unwrap_model(model).save_pretrained(out / "model")
-    manifest = base_manifest("qa-ebm/ebt-run", config, step, stopped, metrics, time.perf_counter() - started)
-    manifest["hvae"] = {"dir": str(run.root.resolve()), "fingerprint": run.fingerprint}
-    manifest["data"] = {"dir": str(data_path.resolve())}
-    write_json(out / "manifest.json", manifest)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(out / "model")
+        manifest = base_manifest("qa-ebm/ebt-run", config, step, stopped, metrics, time.perf_counter() - started)
+        manifest["hvae"] = {"dir": str(run.root.resolve()), "fingerprint": run.fingerprint}
+        manifest["data"] = {"dir": str(data_path.resolve())}
+        write_json(out / "manifest.json", manifest)
     if wandb_run is not None:
         wandb_run.finish()
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
+    remove_replaced(replaced)  # the new run is complete: drop the old one
     return TrainResult(out=out, step=step, stopped=stopped, metrics=metrics)
 
 
-def _objective(model, batch, tc: TrainEBTConfig, replay: ReplayBuffer, alpha_bar, gen) -> ObjectiveOutput:
+def _objective(
+    model, batch, tc: TrainEBTConfig, replay: ReplayBuffer, alpha_bar, gen, share: Share, whole: WholeBatch | None
+) -> ObjectiveOutput:
     cond = model.condition(batch["x"], batch["x_mask"])
     gold, slot_mask = batch["y"], batch["slot_mask"]
     if tc.objective == "regress":
         return regress_objective(model, cond, gold, slot_mask)
     if tc.objective == "ired":
-        return ired_objective(model, cond, gold, slot_mask, alpha_bar, tc, gen, RIVALS)
+        return ired_objective(model, cond, gold, slot_mask, alpha_bar, tc, gen, RIVALS, whole)
 
     def noise(n: int, generator: torch.Generator | None) -> torch.Tensor:
         return torch.randn((n, *gold.shape[1:]), generator=generator)
 
-    y0 = replay.sample(len(gold), noise, device=gold.device).y
-    return mcmc_objective(model, cond, gold, slot_mask, y0, tc, gen, RIVALS)
+    # Start points are drawn for the global batch and each process takes its part, so that they do not
+    # depend on the number of processes.
+    y0 = replay.sample(share.total, noise, device=gold.device).y[share.part]
+    return mcmc_objective(model, cond, gold, slot_mask, y0, tc, gen, RIVALS, whole)
 
 
 def _check_same_hvae(out: Path, run: HVAERun) -> None:

@@ -41,7 +41,23 @@ from qa_ebm.errors import ConfigError
 from qa_ebm.io import write_json
 from qa_ebm.models.hvae import HVAE, TokenSpec
 from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
-from qa_ebm.training.runs import TrainingError, base_manifest, check_finite, init_wandb, prepare_run_dir
+from qa_ebm.training.distributed import (
+    any_process,
+    check_in_sync,
+    check_launch,
+    mean_over_processes,
+    rng_states,
+    seed_process,
+    share_of,
+)
+from qa_ebm.training.runs import (
+    TrainingError,
+    base_manifest,
+    check_finite,
+    init_wandb,
+    prepare_run_dir,
+    remove_replaced,
+)
 from qa_ebm.training.schedules import kl_beta, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -101,6 +117,8 @@ def train_hvae(
     data = load_processed(data_dir)
     check_tokenizer_matches_decoder(data.manifest["tokenizer"], config.hvae.decoder)
     spec = token_spec(data)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum)
+    check_launch(accelerator, "train_hvae", tc.batch_size, tc.mixed_precision)
     out, replaced = prepare_run_dir(Path(out), config, resume, overwrite, ("hvae", "train_hvae"), RESUMABLE_CHANGES)
     answers = {split: data.answer_arrays(split) for split in SPLITS}
     train, val = answers["train"], answers["val"]
@@ -113,30 +131,34 @@ def train_hvae(
     if config.hvae.word_encoder != "scratch":  # frozen pretrained word level: embed every sentence once
         spec = add_sentence_vectors(config.hvae.word_encoder, data, spec, answers, train)
 
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum)
     set_seed(tc.seed)
     model = HVAE(config.hvae, spec)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
+    seed_process(tc.seed, accelerator)
     state_dir = out / "trainer_state"
     step = 0
     if resume and (state_dir / "state.json").is_file():
         load_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
-        step = int(load_trainer_state(state_dir, optimizer, scheduler)["step"])
+        step = int(load_trainer_state(state_dir, optimizer, scheduler, accelerator.process_index)["step"])
     wandb_run = None
     if accelerator.is_main_process:
         wandb_run = init_wandb(tc.report_to, "train_hvae", config, out, "train-hvae")
 
     def save(step: int) -> None:
+        check_in_sync(model, accelerator, step)
+        rng = rng_states(accelerator)
         if accelerator.is_main_process:
-            save_trainer_state(state_dir, optimizer, scheduler, {"step": step, "seed": tc.seed})
+            save_trainer_state(state_dir, optimizer, scheduler, {"step": step, "seed": tc.seed}, rng=rng)
             save_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
         accelerator.wait_for_everyone()
 
     def evaluate(step: int, train_stats: dict[str, float]) -> dict[str, Any]:
-        metrics = {"step": step, **train_stats, **diagnostics(accelerator.unwrap_model(model), val, tc, tokenizer)}
-        if accelerator.is_main_process:
+        train_stats = mean_over_processes(train_stats, accelerator)
+        metrics = {"step": step, **train_stats}
+        if accelerator.is_main_process:  # the others go on to the next step and wait for it there
+            metrics.update(diagnostics(accelerator.unwrap_model(model), val, tc, tokenizer))
             with (out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
             if wandb_run is not None:
@@ -175,7 +197,7 @@ def train_hvae(
                         count_loss_weight=tc.count_loss_weight,
                     )
                     check_finite(output.loss, step, last_saved, "train_hvae", tc.lr)
-                    accelerator.backward(output.loss / tc.grad_accum)
+                    accelerator.backward(output.loss)  # divides by grad_accum itself
                 except torch.OutOfMemoryError as e:
                     raise TrainingError(
                         f"out of memory at step {step} with train_hvae.batch_size={tc.batch_size}; try "
@@ -201,7 +223,9 @@ def train_hvae(
             }
         )
         bar.set_postfix(loss=f"{window[-1]['loss']:.2f}", nll=f"{window[-1]['token_nll']:.2f}")
-        out_of_time = tc.max_seconds is not None and time.perf_counter() - started > tc.max_seconds
+        out_of_time = tc.max_seconds is not None and any_process(
+            time.perf_counter() - started > tc.max_seconds, accelerator
+        )
         if step % tc.eval_every == 0 or step == tc.steps or out_of_time:
             train_stats = {f"train_{k}": float(np.mean([w[k] for w in window])) for k in window[0]}
             metrics = evaluate(step, train_stats)
@@ -226,9 +250,7 @@ def train_hvae(
         )
     if wandb_run is not None:
         wandb_run.finish()
-    accelerator.wait_for_everyone()
-    if replaced is not None and accelerator.is_main_process:  # the new run is complete: drop the old one
-        shutil.rmtree(replaced, ignore_errors=True)
+    remove_replaced(replaced)  # the new run is complete: drop the old one
     return TrainResult(out=out, step=step, stopped=stopped, metrics=metrics)
 
 
@@ -255,14 +277,14 @@ def batch_at(
     """The `index`-th batch of the run: a pure function of (seed, index), so a resumed run sees the same data.
 
     Each epoch is a permutation drawn from a generator seeded with (seed, epoch). With several
-    processes, each takes every world_size-th example of the batch.
+    processes, `batch_size` is the global batch and each process takes its block of it (`share_of`).
     """
     n = len(arrays["ids"])
     epoch, k = divmod(index, math.ceil(n / batch_size))
     rows = _epoch_order(n, seed, epoch)[k * batch_size : (k + 1) * batch_size]
     device = torch.device("cpu")
     if accelerator is not None:
-        rows = rows[accelerator.process_index :: accelerator.num_processes]
+        rows = share_of(rows, accelerator.process_index, accelerator.num_processes).rows
         device = accelerator.device
     return {name: torch.from_numpy(arrays[name][rows]).to(device) for name in batch_keys(arrays)}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from qa_ebm import __version__
 from qa_ebm.config import Config, load_config
 from qa_ebm.errors import CheckpointError, ConfigError, OutputExistsError, QaEbmError
+from qa_ebm.training.distributed import on_main
 
 
 class TrainingError(QaEbmError):
@@ -27,7 +29,15 @@ def prepare_run_dir(
     section (the last one) named in `resumable` may differ. Returns the run dir and where an old run
     went: the caller removes it once the new run is complete, so a new run that fails leaves the old one
     beside it (`.NAME.old-PID`) rather than losing both.
+
+    In a several-process run the main process does all of this and the others get its answer (or its error).
     """
+    return on_main(lambda: _prepare_run_dir(out, config, resume, overwrite, sections, resumable))
+
+
+def _prepare_run_dir(
+    out: Path, config: Config, resume: bool, overwrite: bool, sections: tuple[str, ...], resumable: set[str]
+) -> tuple[Path, Path | None]:
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a directory")
     if resume:
@@ -96,3 +106,16 @@ def base_manifest(fmt: str, config: Config, step: int, stopped: str, metrics: di
         "final_metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)},
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
+
+
+def remove_replaced(replaced: Path | None) -> None:
+    """Delete the run --overwrite moved aside, now that the new one is complete.
+
+    Every process calls this: it is also where the others wait for the main process to finish writing.
+    """
+
+    def remove() -> None:
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
+
+    on_main(remove)
