@@ -38,6 +38,7 @@ from torch import nn
 
 from qa_ebm.config import HVAEConfig, config_from_dict
 from qa_ebm.errors import CheckpointError, ConfigError
+from qa_ebm.io import read_json
 from qa_ebm.models.decoders import DecodeSettings, LatentDecoder, MemoryLMDecoder, PrefixLMDecoder
 from qa_ebm.models.losses import free_bits_kl
 from qa_ebm.models.weights import load_module, save_module
@@ -438,7 +439,9 @@ class HVAE(nn.Module):
         d = Path(directory)
         if not (d / CONFIG_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
             raise CheckpointError(f"{d}: not an HVAE directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-        meta = json.loads((d / CONFIG_FILE).read_text())
+        meta = read_json(d / CONFIG_FILE)
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{d / CONFIG_FILE}: expected a JSON object with hvae, tokens, decoder_lm_config")
         unknown = set(meta) - {"hvae", "tokens", "decoder_lm_config"}
         if unknown:
             raise CheckpointError(f"{d / CONFIG_FILE}: unknown keys {sorted(unknown)}")
