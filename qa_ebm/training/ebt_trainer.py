@@ -33,7 +33,7 @@ from qa_ebm.data.processed import load_processed
 from qa_ebm.energy.samplers import RefinementError, build_sampler
 from qa_ebm.energy.schedules import cosine_alpha_bar
 from qa_ebm.errors import CheckpointError, ConfigError
-from qa_ebm.io import write_json
+from qa_ebm.io import read_json, write_json
 from qa_ebm.models.ebt import EBTSpec, EnergyTransformer, LatentModel, LatentRegressor
 from qa_ebm.models.question_encoder import build_condition_encoder
 from qa_ebm.training.distributed import (
@@ -127,7 +127,7 @@ def load_hvae_run(directory: str | Path) -> HVAERun:
     root = Path(directory)
     if not (root / "manifest.json").is_file():
         raise CheckpointError(f"{root}: not a finished train-hvae run (no manifest.json)")
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = read_json(root / "manifest.json")
     if manifest.get("format") != "qa-ebm/hvae-run":
         raise CheckpointError(f"{root}/manifest.json: format {manifest.get('format')!r} is not 'qa-ebm/hvae-run'")
     latents, ids = {}, {}
@@ -142,7 +142,9 @@ def load_hvae_run(directory: str | Path) -> HVAERun:
             latents[split] = load_file(str(path))
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-        ids[split] = json.loads((root / "latents" / f"{split}.json").read_text())["ids"]
+        ids[split] = read_json(root / "latents" / f"{split}.json").get("ids")
+        if not isinstance(ids[split], list):
+            raise CheckpointError(f"{root}/latents/{split}.json: no list of 'ids'")
         missing = {"mu_g", "mu_l", "sentence_mask"} - set(latents[split])
         if missing:
             raise CheckpointError(f"{path}: missing tensors {sorted(missing)}")
@@ -198,7 +200,7 @@ def resolve_data_dir(run: HVAERun, data_dir: str | Path | None) -> Path:
         raise CheckpointError(
             f"{run.root}: its data dir {str(path)!r} is not there; pass --data DIR (the preprocess output it used)"
         )
-    found = json.loads((path / "manifest.json").read_text()).get("fingerprint")
+    found = read_json(path / "manifest.json").get("fingerprint")
     if recorded.get("fingerprint") and found != recorded["fingerprint"]:
         raise CheckpointError(
             f"{path}: data fingerprint {found} differs from {recorded['fingerprint']} recorded by {run.root}"
@@ -412,7 +414,7 @@ def _objective(
 
 
 def _check_same_hvae(out: Path, run: HVAERun) -> None:
-    recorded = json.loads((out / "model" / "config.json").read_text()).get("spec", {}).get("hvae_run")
+    recorded = read_json(out / "model" / "config.json").get("spec", {}).get("hvae_run")
     if recorded and recorded != run.fingerprint:
         raise CheckpointError(
             f"{out}: trained on HVAE latents {recorded}, but {run.root} has {run.fingerprint}; "
@@ -431,7 +433,11 @@ def _load_replay(state_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
     path = state_dir / REPLAY_FILE
     if not path.is_file():
         raise CheckpointError(f"{state_dir}: no {REPLAY_FILE}; the trainer state is incomplete")
-    return {**load_file(str(path)), **state.get("replay", {})}
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    return {**tensors, **state.get("replay", {})}
 
 
 # --------------------------------------------------------------------------------------- diagnostics
