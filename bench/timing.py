@@ -4,7 +4,7 @@ The machine these run on is small and shared, so a single timing means little. E
 median of several repeats after a warm-up, reported with the 5th/95th percentiles and the relative
 spread ((p95 - p05) / median); comparisons are ratios of figures taken in the same process, interleaved.
 
-    from bench.timing import time_fn, machine_info, peak_rss_mb, summarise
+    from bench.timing import time_fn, machine_info, peak_rss_mb, reset_peak_rss, summarise
 
     stats = time_fn(lambda: model(x), warmup=2, repeats=10)   # seconds per call
     stats["median"], stats["p05"], stats["p95"], stats["spread"], stats["n"]
@@ -15,6 +15,7 @@ devices are timed to completion.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import resource
@@ -60,9 +61,34 @@ def time_fn(
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    """Peak resident set size of this process, in MiB: since the last `reset_peak_rss()` where Linux allows it
+    (VmHWM), else since the process started (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**10
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now, in MiB (Linux; 0.0 where /proc is absent)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 2**10
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def reset_peak_rss() -> bool:
+    """Start `peak_rss_mb()` afresh from the current RSS (Linux >= 4.0: /proc/self/clear_refs); False if not."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def machine_info() -> dict:

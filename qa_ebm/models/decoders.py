@@ -36,7 +36,8 @@ class DecodeSettings:
 
 
 class LatentDecoder(nn.Module):
-    """Interface: `forward(plan, input_ids, token_mask) -> logits`, `generate(plan, settings) -> ids`."""
+    """Interface: `forward(plan, input_ids, token_mask) -> logits`, `token_logits(...)` (the real tokens' rows
+    only, what training scores) and `generate(plan, settings) -> ids`; a subclass provides `hidden_states`."""
 
     def __init__(self, lm: nn.Module, plan_dim: int, prefix_len: int, start_id: int, eos_id: int, pad_id: int):
         super().__init__()
@@ -45,6 +46,23 @@ class LatentDecoder(nn.Module):
         self.hidden = lm.get_input_embeddings().embedding_dim
         self.start_id, self.eos_id, self.pad_id = start_id, eos_id, pad_id
         self.to_prefix = nn.Linear(plan_dim, prefix_len * self.hidden)
+
+    def hidden_states(self, plan: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """The LM's last hidden states at the W token positions, (N, W, H): what its head turns into logits."""
+        raise NotImplementedError
+
+    def token_logits(self, plan: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """Logits at the real tokens only, (T, V) in the row-major order of `token_mask`: `forward(...)[mask]`.
+
+        At small widths the LM head is the widest matmul in the model (V >> H), and sentences padded to
+        max_words are half padding on SQuAD: leaving the padding and the prefix positions out of the head
+        (and out of the softmax over V) halves its work, a fifth of a tiny HVAE training step's FLOPs
+        (bench/train_speed.py).
+        """
+        real = token_mask.bool()
+        if getattr(self.lm.config, "final_logit_softcapping", None):  # a head that is more than a projection
+            return self(plan, input_ids, token_mask)[real]
+        return self.lm.get_output_embeddings()(self.hidden_states(plan, input_ids, token_mask)[real])
 
     def prefix(self, plan: torch.Tensor) -> torch.Tensor:
         return self.to_prefix(plan).view(plan.shape[0], self.prefix_len, self.hidden)  # (N, P, H)
@@ -115,13 +133,20 @@ class LatentDecoder(nn.Module):
 class PrefixLMDecoder(LatentDecoder):
     """Causal LM conditioned on P prefix vectors per sentence."""
 
-    def forward(self, plan: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    def _inputs(self, plan: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor) -> dict:
         N, P = plan.shape[0], self.prefix_len
         dec_in = self.shift_right(input_ids)
         embeds = torch.cat([self.prefix(plan), self.lm.get_input_embeddings()(dec_in)], dim=1)  # (N, P+W, H)
         attn = torch.cat([token_mask.new_ones(N, P + 1), token_mask[:, :-1]], dim=1)  # the start token is real
-        logits = self.lm(inputs_embeds=embeds, attention_mask=attn).logits
-        return logits[:, P:]  # (N, W, V): position P reads the start token and predicts x_1
+        return {"inputs_embeds": embeds, "attention_mask": attn}
+
+    def forward(self, plan: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        logits = self.lm(**self._inputs(plan, input_ids, token_mask)).logits
+        return logits[:, self.prefix_len :]  # (N, W, V): position P reads the start token and predicts x_1
+
+    def hidden_states(self, plan: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        out = self.lm.base_model(**self._inputs(plan, input_ids, token_mask), use_cache=False)
+        return out.last_hidden_state[:, self.prefix_len :]  # (N, W, H)
 
     @torch.no_grad()
     def generate(self, plan: torch.Tensor, settings: DecodeSettings) -> list[list[int]]:
@@ -137,10 +162,16 @@ class PrefixLMDecoder(LatentDecoder):
 class MemoryLMDecoder(LatentDecoder):
     """BART-style decoder cross-attending to P memory vectors per sentence (`BartForCausalLM`)."""
 
-    def forward(self, plan: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    def _inputs(self, plan: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor) -> dict:
         dec_in = self.shift_right(input_ids)
         attn = torch.cat([token_mask.new_ones(plan.shape[0], 1), token_mask[:, :-1]], dim=1)
-        return self.lm(input_ids=dec_in, attention_mask=attn, encoder_hidden_states=self.prefix(plan)).logits
+        return {"input_ids": dec_in, "attention_mask": attn, "encoder_hidden_states": self.prefix(plan)}
+
+    def forward(self, plan: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        return self.lm(**self._inputs(plan, input_ids, token_mask)).logits
+
+    def hidden_states(self, plan: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        return self.lm.base_model(**self._inputs(plan, input_ids, token_mask), use_cache=False).last_hidden_state
 
     @torch.no_grad()
     def generate(self, plan: torch.Tensor, settings: DecodeSettings) -> list[list[int]]:

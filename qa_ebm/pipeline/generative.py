@@ -52,7 +52,7 @@ from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.models.answer_encoder import AnswerEncoder
 from qa_ebm.models.ebt import Condition, EnergyTransformer, LatentModel
 from qa_ebm.models.question_encoder import LEARNED, FrozenConditionEncoder, LearnedConditionTokens
-from qa_ebm.pipeline.directory import read_meta
+from qa_ebm.pipeline.directory import check_model_name, read_meta
 from qa_ebm.pipeline.sampling import build_from_config, sampler_config
 
 log = logging.getLogger(__name__)
@@ -455,7 +455,7 @@ class QAPipeline:
 
             encoder = LearnedConditionTokens(load_tokenizer(d / "tokenizer"), energy.cfg.max_condition_tokens)
         else:
-            name = str(encoder_meta.get("name"))
+            name = check_model_name(str(encoder_meta.get("name")), where, "question_encoder.name")
             if name == QUESTION_ENCODER_DIR:
                 if not (d / name).is_dir():
                     raise CheckpointError(f"{d}: missing {QUESTION_ENCODER_DIR}/ (the bundled question encoder)")
