@@ -603,7 +603,7 @@ def plots(result: dict, out: Path) -> None:
     right.set_xticks(x, [f"batch {b}" for b in batches])
     right.set_ylabel("questions / s")
     right.legend(fontsize=8)
-    fig.suptitle(f"tiny answer pipeline, {result['machine']['torch_threads']} threads")
+    fig.suptitle(f"tiny answer pipeline, torch threads: {result['machine']['torch_threads']}")
     fig.tight_layout()
     fig.savefig(out / "answer_speed.png", dpi=110)
     plt.close(fig)
