@@ -40,6 +40,7 @@ from qa_ebm.data.tokenizer import load_tokenizer
 from qa_ebm.errors import ConfigError
 from qa_ebm.io import write_json
 from qa_ebm.models.hvae import HVAE, TokenSpec
+from qa_ebm.models.pretrained import causal_lm_identity
 from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
 from qa_ebm.training.runs import TrainingError, base_manifest, check_finite, init_wandb, prepare_run_dir
 from qa_ebm.training.schedules import kl_beta, warmup_cosine
@@ -72,11 +73,14 @@ def token_spec(data: ProcessedData) -> TokenSpec:
     )
 
 
-def check_tokenizer_matches_decoder(tokenizer: dict[str, Any], decoder: str) -> None:
+def check_tokenizer_matches_decoder(tokenizer: dict[str, Any], decoder: str, gguf_file: str | None = None) -> None:
     """A pretrained decoder reads its own tokenizer's ids: the data must have been tokenised with it."""
     if decoder.startswith("scratch-"):
         return  # trained from scratch on the data's own vocabulary
-    if tokenizer["kind"] != "hf" or Path(str(tokenizer["name"])).name != Path(decoder).name:
+    same = tokenizer["kind"] == "hf" and causal_lm_identity(str(tokenizer["name"])) == causal_lm_identity(
+        decoder, gguf_file
+    )
+    if not same:
         raise ConfigError(
             f"tokenizer mismatch: the data was tokenised with {tokenizer['kind']} ({tokenizer['name']}) but "
             f"hvae.decoder={decoder} reads its own token ids; preprocess with --set data.tokenizer.kind=hf "
@@ -99,7 +103,7 @@ def train_hvae(
 
     tc = config.train_hvae
     data = load_processed(data_dir)
-    check_tokenizer_matches_decoder(data.manifest["tokenizer"], config.hvae.decoder)
+    check_tokenizer_matches_decoder(data.manifest["tokenizer"], config.hvae.decoder, config.hvae.gguf_file)
     spec = token_spec(data)
     out, replaced = prepare_run_dir(Path(out), config, resume, overwrite, ("hvae", "train_hvae"), RESUMABLE_CHANGES)
     answers = {split: data.answer_arrays(split) for split in SPLITS}
@@ -116,7 +120,7 @@ def train_hvae(
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum)
     set_seed(tc.seed)
     model = HVAE(config.hvae, spec)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
     state_dir = out / "trainer_state"
