@@ -81,10 +81,11 @@ def check_tokenizer_matches_decoder(tokenizer: dict[str, Any], decoder: str, ggu
         decoder, gguf_file
     )
     if not same:
+        name = f"{decoder}/{gguf_file}" if gguf_file else decoder
         raise ConfigError(
             f"tokenizer mismatch: the data was tokenised with {tokenizer['kind']} ({tokenizer['name']}) but "
             f"hvae.decoder={decoder} reads its own token ids; preprocess with --set data.tokenizer.kind=hf "
-            f"--set data.tokenizer.name={decoder}, or train a scratch decoder (hvae.decoder=scratch-gpt2)"
+            f"--set data.tokenizer.name={name}, or train a scratch decoder (hvae.decoder=scratch-gpt2)"
         )
 
 
