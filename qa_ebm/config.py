@@ -212,10 +212,17 @@ class TrainHVAEConfig:
     count_loss_weight: float = 1.0
     num_samples: int = 3  # reconstructions and prior samples shown at each eval
     report_to: Literal["none", "wandb"] = "none"
+    # A step whose batch, loss or gradient holds NaN/inf: stop the run (the last checkpoint kept), or skip the
+    # step's update with a warning, counted in the metrics (nonfinite_skips), stopping after
+    # max_nonfinite_skips skipped steps in a row.
+    nonfinite: Literal["stop", "skip"] = "stop"
+    max_nonfinite_skips: int = 10
 
     def validate(self) -> None:
         if min(self.steps, self.batch_size, self.grad_accum, self.eval_every, self.save_every) < 1:
             raise ConfigError("train_hvae.steps, batch_size, grad_accum, eval_every and save_every must be >= 1")
+        if self.max_nonfinite_skips < 1:
+            raise ConfigError(f"train_hvae.max_nonfinite_skips={self.max_nonfinite_skips} must be >= 1")
         if self.warmup_steps > self.steps:
             raise ConfigError(f"train_hvae.warmup_steps={self.warmup_steps} exceeds train_hvae.steps={self.steps}")
         for name in ("word_dropout_encoder", "word_dropout_decoder"):
@@ -295,10 +302,14 @@ class TrainEBTConfig:
     eval_size: int = 256  # val questions used per eval (all when fewer)
     num_samples: int = 3  # refined answers decoded as text at each eval
     report_to: Literal["none", "wandb"] = "none"
+    nonfinite: Literal["stop", "skip"] = "stop"  # a step with NaN/inf: as train_hvae.nonfinite
+    max_nonfinite_skips: int = 10
 
     def validate(self) -> None:
         if min(self.steps, self.batch_size, self.eval_every, self.save_every, self.eval_steps) < 1:
             raise ConfigError("train_ebt.steps, batch_size, eval_every, save_every and eval_steps must be >= 1")
+        if self.max_nonfinite_skips < 1:
+            raise ConfigError(f"train_ebt.max_nonfinite_skips={self.max_nonfinite_skips} must be >= 1")
         if self.warmup_steps > self.steps:
             raise ConfigError(f"train_ebt.warmup_steps={self.warmup_steps} exceeds train_ebt.steps={self.steps}")
         if not 1 <= self.mcmc_min_steps <= self.mcmc_steps:
@@ -333,6 +344,8 @@ class TrainBaselineConfig:
     # cut, and then carries no EOS, so the model is never taught to stop where the cut fell.
     max_answer_tokens: int = 128
     num_samples: int = 3  # val answers decoded as text at each eval
+    nonfinite: Literal["stop", "skip"] = "stop"  # a step with NaN/inf: as train_hvae.nonfinite
+    max_nonfinite_skips: int = 10
 
     def validate(self) -> None:
         if min(self.steps, self.batch_size, self.eval_every, self.save_every, self.max_answer_tokens) < 1:
@@ -345,6 +358,8 @@ class TrainBaselineConfig:
             )
         if self.lr <= 0 or self.grad_clip <= 0:
             raise ConfigError("train_baseline.lr and grad_clip must be > 0")
+        if self.max_nonfinite_skips < 1:
+            raise ConfigError(f"train_baseline.max_nonfinite_skips={self.max_nonfinite_skips} must be >= 1")
 
 
 @dataclass

@@ -9,13 +9,17 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from qa_ebm.errors import DataError, OutputExistsError
+from qa_ebm.errors import CheckpointError, DataError, OutputExistsError, QaEbmError
 
 GZIP_MAGIC = b"\x1f\x8b"
+# What reading an input from `open_input` can raise midway: I/O, a gzip stream cut short (EOFError) or
+# corrupt (zlib.error, which is no OSError), bytes that are not UTF-8.
+READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
 
 
 def open_input(path: str | os.PathLike, mode: str = "rt") -> IO:
@@ -65,6 +69,42 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def read_text_file(path: str | os.PathLike, error: type[QaEbmError] = CheckpointError) -> str:
+    """A saved artifact's text file as UTF-8; unreadable or undecodable bytes (a binary file in its place)
+    raise `error` naming the file, never a bare UnicodeDecodeError."""
+    path = Path(path)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from e
+    except UnicodeDecodeError as e:
+        bad = e.object[e.start : e.start + 1]
+        raise error(f"{path}: not UTF-8 text (byte {e.start} is {bad!r}); not a file qa-ebm wrote") from e
+
+
+def read_json(path: str | os.PathLike, error: type[QaEbmError] = CheckpointError) -> Any:
+    """A saved artifact's JSON file; unreadable, undecodable or invalid JSON raises `error` naming the file."""
+    text = read_text_file(path, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+
+
+def inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], base: str | os.PathLike | None = None) -> bool:
+    """Whether `path` (relative ones taken from `base`, default the working dir) lies in one of `roots`.
+
+    Lexical, like the path a user reads: `..` and absolute paths are resolved, symlinks are not, so a
+    link the user placed on purpose (a data dir on another disk) still counts as inside.
+    """
+    p = Path(os.path.normpath(Path(base or Path.cwd()) / path))
+    for root in roots:
+        r = Path(os.path.normpath(Path.cwd() / root))
+        if p == r or r in p.parents:
+            return True
+    return False
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (temp file + rename): a crash never leaves half a file."""
     path = Path(path)
@@ -93,11 +133,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale(out: Path) -> None:
+def recover_output_dir(out: Path) -> None:
     """Clear what a killed run (its pid gone) left beside `out`.
 
     Its temp dir is half-written and goes. Its `.old` dir is the previous good output: if the run died
     between moving it aside and renaming the new one in, `out` is missing and the old one is put back.
+    Readers that may follow a killed writer (a resumed training run) call this before looking at `out`.
     """
     for kind in ("tmp", "old"):
         for stale in out.parent.glob(f".{out.name}.{kind}-*"):
@@ -117,7 +158,7 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterat
     If the body raises (or the process dies), `out` keeps whatever good content it had and the temp
     dir is removed (or, after a hard kill, left under a dot-name that the next run clears).
     """
-    _remove_stale(Path(out))  # first: a restored output is then protected like any other
+    recover_output_dir(Path(out))  # first: a restored output is then protected like any other
     out = check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ from qa_ebm.models.decoders import DecodeSettings
 from qa_ebm.training import baseline_trainer
 from qa_ebm.training.baseline_trainer import train_baseline
 from qa_ebm.training.hvae_trainer import train_hvae
-from qa_ebm.training.runs import TrainingError
+from qa_ebm.training.runs import TrainingError, TrainingInterrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [  # the tiny HVAE of tests/test_ebt_trainer.py: trains in seconds
@@ -223,6 +225,31 @@ def test_resume_reproduces_the_uninterrupted_run(hvae_run, tmp_path, monkeypatch
     assert result.step == 4 and [m["step"] for m in resumed] == [4]
     assert straight[-1]["train_loss"] == resumed[-1]["train_loss"]
     assert straight[-1]["val_token_nll"] == resumed[-1]["val_token_nll"]
+    wa = AutoregressiveBaseline.from_pretrained(tmp_path / "a" / "model").state_dict()
+    wb = AutoregressiveBaseline.from_pretrained(tmp_path / "b" / "model").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sigint_saves_a_checkpoint_that_resumes_to_the_uninterrupted_run(hvae_run, tmp_path, monkeypatch):
+    straight = []
+    train_baseline(config(), hvae_run, tmp_path / "a", on_eval=straight.append, progress=False)
+    real, calls = AutoregressiveBaseline.forward, {"train_steps": 0}
+
+    def forward(self, *args, **kwargs):  # Ctrl-C in step 3 of 4: saved at step 3, off the cadence (every 2)
+        if self.training:
+            calls["train_steps"] += 1
+            if calls["train_steps"] == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(AutoregressiveBaseline, "forward", forward)
+    with pytest.raises(TrainingInterrupted, match="SIGINT at step 3") as e:
+        train_baseline(config(), hvae_run, tmp_path / "b", progress=False)
+    assert e.value.exit_status == 130
+    monkeypatch.setattr(AutoregressiveBaseline, "forward", real)
+    resumed = []
+    train_baseline(config(), hvae_run, tmp_path / "b", resume=True, on_eval=resumed.append, progress=False)
+    assert resumed == straight[1:]  # the step-4 eval, its train loss averaged over steps 3 and 4 as before
     wa = AutoregressiveBaseline.from_pretrained(tmp_path / "a" / "model").state_dict()
     wb = AutoregressiveBaseline.from_pretrained(tmp_path / "b" / "model").state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -125,6 +125,33 @@ def test_nan_energy_stops_with_the_step(hvae_run, tmp_path, monkeypatch):
         train_ebt(config(), hvae_run, tmp_path / "ebt", progress=False)
 
 
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_nan_in_the_batch_is_stopped_or_skipped(hvae_run, tmp_path, monkeypatch, policy):
+    real = ebt_trainer.batch_at
+
+    def poisoned(arrays, index, *args):  # one gold latent of step 2's batch is NaN
+        batch, share = real(arrays, index, *args)
+        if index == 2:
+            batch["y"] = batch["y"].clone().index_fill_(0, torch.tensor([0]), float("nan"))
+        return batch, share
+
+    monkeypatch.setattr(ebt_trainer, "batch_at", poisoned)
+    seen, out = [], tmp_path / policy
+    if policy == "stop":
+        with pytest.raises(TrainingError, match=r"batch input 'y' holds \d+ non-finite values at step 2.*step 2 \("):
+            train_ebt(config(), hvae_run, out, progress=False)
+        return
+    result = train_ebt(config("train_ebt.nonfinite=skip"), hvae_run, out, on_eval=seen.append, progress=False)
+    assert result.step == 4 and [m["nonfinite_skips"] for m in seen] == [0, 1]
+    assert all(torch.isfinite(torch.tensor(m["train_loss"])) for m in seen)
+    from safetensors.torch import load_file
+
+    replay = load_file(str(out / "trainer_state" / "replay.safetensors"))  # the skipped step's samples not kept
+    assert replay and all(torch.isfinite(t.float()).all() for t in replay.values())
+    weights = load_file(str(out / "trainer_state" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
 def test_cli_trains_and_prints_the_diagnostics(hvae_run, tmp_path, capsys):
     args = ["train-ebt", "--config", str(ROOT / "configs" / "tiny.yaml"), "--hvae", str(hvae_run)]
     args += ["--out", str(tmp_path / "ebt"), "--objective", "ired"]

@@ -16,6 +16,7 @@ from qa_ebm.cli.main import main
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.pipeline import load_pipeline
 from qa_ebm.pipeline.generative import FORMAT_VERSION, PIPELINE_FILE, Calibration, QAPipeline, question_seed
+from qa_ebm.pipeline.sampling import build_from_config
 from qa_ebm.training.baseline_trainer import train_baseline
 from qa_ebm.training.ebt_trainer import train_ebt
 from qa_ebm.training.hvae_trainer import train_hvae
@@ -76,6 +77,19 @@ def test_best_of_n_keeps_the_lowest_energy(pipe):
         assert 1 <= a.sentences <= 4 and isinstance(a.text, str) and 0 <= a.steps <= 3
 
 
+def test_refinement_over_the_used_slots_matches_refinement_over_all(pipe):
+    """_refine drops the slots past the batch's last real one; the full-width sampler run gives the same latents."""
+    cond = pipe._condition(QUESTIONS, [None] * len(QUESTIONS))
+    starts = [pipe.start(q, 1, seed=0) for q in QUESTIONS]  # each with the usual sentence count
+    y0, mask = torch.cat([y for y, _ in starts]), torch.cat([m for _, m in starts])
+    assert int(mask.sum(1).max()) < mask.shape[1]  # some slots are unused: the case the cut is for
+    got = pipe._refine(cond, y0, mask, pipe.sampler_config, None, seed=0)
+    full = build_from_config(pipe.sampler_config).sample(lambda y, k: pipe.energy.energy(cond, y, mask, k), y0, mask)
+    assert got.y.shape == y0.shape and torch.equal(got.steps, full.steps)
+    torch.testing.assert_close(got.y, full.y, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.energy, full.energy, atol=1e-5, rtol=0)
+
+
 def test_start_takes_the_most_common_count_first(pipe):
     y0, mask = pipe.start("Why?", 8, seed=0)
     shares = torch.tensor(pipe.sentence_counts)
@@ -126,10 +140,16 @@ def test_bad_questions_are_refused(pipe, question, message):
         pipe(question)
 
 
-def test_a_long_question_is_cut_with_a_warning(pipe, caplog):
+def test_a_long_question_is_cut_with_a_warning(pipe, caplog, monkeypatch):
+    counted = []
+    token_counts = pipe.condition_encoder.token_counts
+    monkeypatch.setattr(
+        pipe.condition_encoder, "token_counts", lambda q, c: counted.append(list(q)) or token_counts(q, c)
+    )
     with caplog.at_level("WARNING"):
-        pipe("why " * 200)
-    assert "longer than the 24 tokens" in caplog.text
+        pipe(["why " * 200, QUESTIONS[0]])
+    assert "1 of 2 questions are longer than the 24 tokens" in caplog.text
+    assert counted == [["why " * 200]]  # a question that fits is tokenised once, not again to count its tokens
 
 
 def test_a_passage_for_a_pipeline_trained_without_passages_is_refused(pipe):

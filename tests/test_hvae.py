@@ -133,6 +133,100 @@ def test_decoding_strategies_give_one_token_list_per_real_sentence(decoder, sett
     assert all(len(s) <= 7 and SPEC.eos_id not in s and SPEC.pad_id not in s for a in out for s in a)
 
 
+def _greedy_without_cache(decoder, plan: torch.Tensor, settings: DecodeSettings) -> list[list[int]]:
+    """Reference greedy decoding: the whole sequence through the LM at every step, no KV cache, no row dropping."""
+    start = torch.full((len(plan), 1), decoder.start_id, dtype=torch.long)
+    seq, done = start, torch.zeros(len(plan), dtype=torch.bool)
+    for t in range(settings.max_new_tokens):
+        if hasattr(decoder.lm, "transformer"):  # GPT-2: prefix vectors, then the tokens' embeddings
+            embeds = torch.cat([decoder.prefix(plan), decoder.lm.get_input_embeddings()(seq)], dim=1)
+            logits = decoder.lm(inputs_embeds=embeds, use_cache=False).logits[:, -1]
+        else:  # BART: the tokens, cross-attending to the memory
+            logits = decoder.lm(input_ids=seq, encoder_hidden_states=decoder.prefix(plan), use_cache=False).logits[
+                :, -1
+            ]
+        if t < settings.min_new_tokens:
+            logits[:, decoder.eos_id] = float("-inf")
+        step = logits.argmax(-1).masked_fill(done, decoder.pad_id)
+        done |= step == decoder.eos_id
+        seq = torch.cat([seq, step[:, None]], dim=1)
+    return decoder._strip(seq[:, 1:])
+
+
+@pytest.mark.parametrize("decoder", ["scratch-gpt2", "scratch-bart"])
+@pytest.mark.parametrize("min_new_tokens", [0, 4])
+@torch.no_grad()
+def test_cached_greedy_decoding_gives_the_tokens_of_full_recomputation(decoder, min_new_tokens):
+    model = tiny(decoder).eval()
+    # Untied random output embeddings with a heavy EOS row, so that rows end at different steps (an untrained
+    # tied LM repeats its input: EOS, the start token, at once); the rows that finish leave the cached batch.
+    out = torch.randn(SPEC.vocab_size, 32, generator=torch.Generator().manual_seed(2))
+    out[SPEC.eos_id] *= 3
+    model.decoder.lm.get_output_embeddings().weight = torch.nn.Parameter(out)
+    settings = DecodeSettings(max_new_tokens=7, min_new_tokens=min_new_tokens)
+    plan = torch.randn(12, 32, generator=torch.Generator().manual_seed(1)) * 3
+    got = model.decoder.generate(plan, settings)
+    assert got == _greedy_without_cache(model.decoder, plan, settings)
+    if decoder == "scratch-gpt2":  # rows of several lengths, and the tokens transformers' generate gives
+        assert len({len(s) for s in got}) > 1
+        start = torch.full((12, 1), model.decoder.start_id, dtype=torch.long)
+        embeds = torch.cat([model.decoder.prefix(plan), model.decoder.lm.get_input_embeddings()(start)], dim=1)
+        kwargs = model.decoder._generate_kwargs(settings)
+        assert got == model.decoder._strip(model.decoder.lm.generate(inputs_embeds=embeds, **kwargs))
+
+
+@pytest.mark.parametrize("decoder", ["scratch-gpt2", "scratch-bart"])
+def test_token_logits_are_the_full_logits_at_the_real_tokens(decoder):
+    model = tiny(decoder).eval()
+    x = batch()
+    real = x["sentence_mask"].bool()
+    tokens, tmask = x["input_ids"][real], x["token_mask"][real]
+    plan = torch.randn(len(tokens), 32, generator=torch.Generator().manual_seed(0))
+    full = model.decoder(plan, tokens, tmask)  # (N, W, V)
+    torch.testing.assert_close(model.decoder.token_logits(plan, tokens, tmask), full[tmask.bool()])
+
+
+def test_skipping_trailing_padding_changes_neither_the_loss_nor_its_gradients(monkeypatch):
+    """forward groups sentences by length and cuts each group's trailing token positions, and the sentence
+    slots that are padding in every row; the untrimmed computation (one group, nothing cut, logits at every
+    position) must give the same numbers."""
+    import qa_ebm.models.hvae as hvae_module
+
+    # 1..3 sentences of 2..6 tokens, longest answer first: both dimensions padded, lengths out of order
+    x = {k: v[[2, 0, 1]] for k, v in batch().items()}
+    assert x["sentence_mask"].sum(1).max() < SPEC.max_sentences and x["token_mask"].sum(-1).max() < SPEC.max_words
+
+    def loss_and_grads(model):
+        torch.manual_seed(1)
+        out = model(**x, free_bits=0.5)
+        grads = torch.autograd.grad(out.loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+        return out, grads
+
+    trimmed, g_trimmed = loss_and_grads(tiny())
+    monkeypatch.setattr(hvae_module, "trim_words", lambda ids, mask: (ids, mask))
+    monkeypatch.setattr(hvae_module, "used_length", lambda mask: mask.shape[-1])
+    monkeypatch.setattr(hvae_module, "length_buckets", lambda lengths: [torch.arange(len(lengths))])
+    model = tiny()
+    full_logits = lambda plan, ids, mask: model.decoder(plan, ids, mask)[mask.bool()]  # noqa: E731
+    monkeypatch.setattr(model.decoder, "token_logits", full_logits)
+    full, g_full = loss_and_grads(model)
+    for name in ("loss", "rec_loss", "kl_g", "kl_l", "count_loss"):
+        torch.testing.assert_close(getattr(trimmed, name), getattr(full, name), msg=name)
+    for a, b in zip(g_trimmed, g_full, strict=True):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b)
+
+
+def test_an_answer_encodes_the_same_alone_and_in_a_batch_of_longer_ones():
+    model = tiny().eval()
+    x = batch()  # row 3 has every sentence slot; row 0 one short sentence
+    alone = model.encode(**{k: v[:1] for k, v in x.items()})
+    together = model.encode(**x)
+    torch.testing.assert_close(alone.mu_g, together.mu_g[:1])
+    torch.testing.assert_close(alone.mu_l, together.mu_l[:1])  # padded slots too: they carry no context
+    torch.testing.assert_close(alone.logvar_l, together.logvar_l[:1])
+
+
 def test_word_dropout_only_in_training_and_never_on_eos():
     model = tiny()
     x = batch()

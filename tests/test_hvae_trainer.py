@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from qa_ebm.errors import CheckpointError, ConfigError, OutputExistsError
 from qa_ebm.models.hvae import HVAE
 from qa_ebm.training import hvae_trainer
 from qa_ebm.training.hvae_trainer import TrainingError, train_hvae
+from qa_ebm.training.runs import TrainingInterrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -148,6 +151,58 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
     ):
         train_hvae(config(), data_dir, out, progress=False)
     assert json.loads((out / "trainer_state" / "state.json").read_text())["step"] == 3
+
+
+def test_sigterm_mid_step_saves_that_step_and_resume_matches_the_uninterrupted_run(
+    run, data_dir, tmp_path, monkeypatch
+):
+    forward, calls = HVAE.forward, {"n": 0}
+
+    def signalled(self, *args, **kwargs):  # SIGTERM arrives in step 5 of 6, off the save cadence (every 3)
+        calls["n"] += self.training
+        if self.training and calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(HVAE, "forward", signalled)
+    out = tmp_path / "term"
+    with pytest.raises(TrainingInterrupted, match=r"SIGTERM at step 5; saved a checkpoint in .*trainer_state") as e:
+        train_hvae(config(), data_dir, out, progress=False)
+    assert e.value.exit_status == 143
+    state = json.loads((out / "trainer_state" / "state.json").read_text())
+    assert state["step"] == 5 and len(state["window"]) == 2  # steps 4 and 5, to be averaged at the step-6 eval
+    monkeypatch.setattr(HVAE, "forward", forward)
+    train_hvae(config(), data_dir, out, resume=True, progress=False)
+    a = load_file(str(run.out / "model" / "model.safetensors"))
+    b = load_file(str(out / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "metrics.jsonl").read_text() == (run.out / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_an_infinite_gradient_is_stopped_or_skipped(data_dir, tmp_path, monkeypatch, caplog, policy):
+    forward, calls = HVAE.forward, {"n": 0}
+
+    def hooked(self, *args, **kwargs):  # a gradient hook turns step 4's gradient of one weight to inf
+        calls["n"] += self.training
+        if self.training and calls["n"] == 1:
+            weight = next(self.parameters())
+            weight.register_hook(lambda g: g * float("inf") if calls["n"] == 5 else g)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(HVAE, "forward", hooked)
+    seen, out = [], tmp_path / policy
+    if policy == "stop":
+        stopped = r"gradient norm became (inf|nan) at step 4.*last good checkpoint is step 3"
+        with pytest.raises(TrainingError, match=stopped):
+            train_hvae(config(), data_dir, out, progress=False)
+        assert json.loads((out / "trainer_state" / "state.json").read_text())["step"] == 3
+        return
+    result = train_hvae(config("train_hvae.nonfinite=skip"), data_dir, out, on_eval=seen.append, progress=False)
+    assert result.step == 6 and [m["nonfinite_skips"] for m in seen] == [0, 1]
+    assert "gradient norm became" in caplog.text and "at step 4; its update is skipped" in caplog.text
+    weights = load_file(str(out / "model" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
 
 
 def test_bad_inputs(data_dir, tmp_path, capsys):

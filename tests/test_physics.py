@@ -249,7 +249,7 @@ def test_posts_xml_external_entity_is_refused(tmp_path):
 
 def test_posts_xml_answer_without_parent(tmp_path):
     xml = '<posts><row Id="1" PostTypeId="1" Body="q"/><row Id="2" PostTypeId="2" Body="a"/></posts>'
-    with pytest.raises(DataError, match="answer row Id=2 without a ParentId"):
+    with pytest.raises(DataError, match="answer row Id='2' without a ParentId"):
         load_physics(str(_write_posts(tmp_path / "Posts.xml", xml)), _cfg())
 
 

@@ -24,6 +24,7 @@ from qa_ebm.reading.energy import (
     gold_span,
     hard_negative_spans,
     locate,
+    null_scores,
     propose_candidates,
     rank_energies,
     training_candidates,
@@ -238,6 +239,21 @@ def test_a_span_in_two_windows_reads_the_one_where_it_is_most_central(head, toke
         for t in [windows.token_span(v, s0, e0)]
     ]
     assert score == pytest.approx(float(max(both)))
+
+
+def test_null_score_is_the_lowest_cls_start_plus_end_logit_over_a_questions_windows(head, tokenizer):
+    contexts = [long_passage(40), "The cello is a bowed instrument."]
+    windows = make_windows(tokenizer, ["Which?", "What?"], contexts, 32, 12, 8)
+    enc = encode_windows(head, windows)
+    assert len(windows.windows_of(0)) > 1 and len(windows.windows_of(1)) == 1
+    # Make the middle window of question 0 the surest that it holds an answer: its CLS score decides.
+    middle = windows.windows_of(0)[1]
+    enc.start_logits[middle, windows.cls_index[middle]] = -50.0
+    nulls = null_scores(windows, enc)
+    assert nulls[0] == pytest.approx(-50.0 + float(enc.end_logits[middle, windows.cls_index[middle]]))
+    (only,) = windows.windows_of(1)
+    cls = windows.cls_index[only]
+    assert nulls[1] == pytest.approx(float(enc.start_logits[only, cls] + enc.end_logits[only, cls]))
 
 
 def test_gold_span_exact_stripped_and_with_a_wrong_answer_start():

@@ -255,6 +255,30 @@ def test_rank_mode_says_no_answer_above_the_threshold(pipe):
             assert b.runners_up[0] == {"text": a.text, "start": a.start, "end": a.end, "energy": a.energy}
 
 
+def test_rank_mode_can_abstain_on_the_proposal_heads_null_margin(pipe):
+    from qa_ebm.reading.energy import encode_windows, null_scores, propose_candidates
+    from qa_ebm.reading.windows import make_windows
+
+    questions, contexts = _inputs(toy(4, 5))
+    windows = make_windows(
+        pipe.tokenizer, questions, contexts, pipe.max_length, pipe.stride, pipe.max_question_tokens, pipe.max_windows
+    )
+    enc = encode_windows(pipe.proposal, windows)
+    cands = propose_candidates(windows, enc, pipe.energy.config.top_k, pipe.energy.config.max_answer_tokens)
+    margins = [n - cs[0].score for n, cs in zip(null_scores(windows, enc), cands, strict=True)]
+    cut = sorted(margins)[1]  # abstain on all but the two smallest margins
+    answered = pipe(questions, contexts, mode="rank", decision="lowest")
+    cfg = pipe.energy.config
+    cfg.no_answer_signal, cfg.no_answer_threshold = "null_margin", cut
+    try:
+        abstained = pipe(questions, contexts, mode="rank", decision="lowest")
+    finally:
+        cfg.no_answer_signal, cfg.no_answer_threshold = "energy", None
+    for a, b, m in zip(answered, abstained, margins, strict=True):
+        assert b == a if m <= cut else (b.text, b.start, b.end) == ("", None, None)
+    assert sum(b.text == "" for b in abstained) == 2
+
+
 def test_evaluate_scores_the_rows_and_squad_v2_groups(pipe):
     from qa_ebm.pipeline.evaluate_reading import evaluate_reading, markdown
 

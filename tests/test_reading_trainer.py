@@ -204,6 +204,12 @@ def test_unanswerable_val_questions_set_a_no_answer_threshold(tokenizer):
     na = m["no_answer"]
     assert (na["HasAns_total"], na["NoAns_total"]) == (8.0, 4.0)
     assert result.model.config.no_answer_threshold == na["threshold"]
+    # Both signals are calibrated; the one kept has the best val v2 F1 (energy on ties).
+    assert set(na["f1_by_signal"]) == {"energy", "null_margin"}
+    assert result.model.config.no_answer_signal == na["signal"]
+    assert na["f1"] == max(na["f1_by_signal"].values()) == na["f1_by_signal"][na["signal"]]
+    if na["f1_by_signal"]["energy"] == na["f1_by_signal"]["null_margin"]:
+        assert na["signal"] == "energy"
     assert na["threshold"] is None or na["NoAns_f1"] > 0  # a threshold is only kept when it abstains somewhere
     # Without unanswerable val questions there is nothing to calibrate: the pipeline always answers.
     plain = train_span_energy(head, tokenizer, hash_encoder, toy(24, 0), toy(6, 1), ENERGY, tc, progress=False)

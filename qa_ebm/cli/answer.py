@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qa_ebm.errors import DataError
-
-MODES = ("extract", "generate", "proposal")
-SAMPLERS = ("gd", "langevin", "ired")
+from qa_ebm.pipeline.answering import MODES, RANK_BY, SAMPLERS, AnswerOptions, answer_rows, reading_mode
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--trace", action="store_true", help="the energy at every step and the answer at a few steps")
     r = p.add_argument_group("reading pipelines")
     r.add_argument("--mode", choices=MODES, default="extract")
-    r.add_argument("--rank-by", choices=["total", "energy"], default="total", help="E_total or E_theta alone")
+    r.add_argument("--rank-by", choices=RANK_BY, default="total", help="E_total or E_theta alone")
     r.add_argument(
         "--decision",
         choices=["lowest", "expected_f1"],
@@ -68,16 +66,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def pipeline_mode(args: argparse.Namespace) -> tuple[str, int | None]:
     """(ReadingPipeline mode, steps) from the command's flags."""
-    steps = args.steps or 0
-    if steps < 0:
+    check_steps(args.steps)
+    return reading_mode(args.mode, args.steps, args.rank_by)
+
+
+def check_steps(steps: int | None) -> None:
+    if steps is not None and steps < 0:
         raise DataError(f"--steps must be >= 0, got {steps}")
-    if args.mode == "proposal":
-        return "proposal", None
-    if args.mode == "generate":
-        return "generate", steps or None
-    if steps > 0:
-        return "refine", steps
-    return ("rank" if args.rank_by == "total" else "energy"), None
+
+
+def answer_options(args: argparse.Namespace) -> AnswerOptions:
+    """The flags as options, checked before the pipeline is loaded."""
+    check_steps(args.steps)
+    if args.candidates < 1:
+        raise DataError(f"--candidates must be >= 1, got {args.candidates}")
+    return AnswerOptions(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        candidates=args.candidates,
+        sampler=args.sampler,
+        step_size=args.step_size,
+        seed=args.seed,
+        trace=args.trace,
+        mode=args.mode,
+        rank_by=args.rank_by,
+        decision=args.decision,
+        temperature=args.temperature,
+    )
 
 
 def read_batch(path: str, need_context: bool = True) -> list[dict[str, Any]]:
@@ -139,7 +154,7 @@ def single_context(args: argparse.Namespace, required: bool) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qa_ebm.pipeline import pipeline_class
+    from qa_ebm.pipeline import load_pipeline, pipeline_class
     from qa_ebm.pipeline.reading import ReadingPipeline
 
     if (args.question is None) == (args.input is None):
@@ -149,8 +164,8 @@ def run(args: argparse.Namespace) -> int:
         rows = read_batch(args.input, need_context=reading)
     else:
         rows = [{"id": "0", "question": args.question, "context": single_context(args, required=reading)}]
-    answers = answer_reading(args, rows) if reading else answer_generative(args, rows)
-    records = [{"id": r["id"], **answer_record(a.to_dict())} for r, a in zip(rows, answers, strict=True)]
+    options = answer_options(args)  # bad flags fail before the pipeline loads
+    records = answer_rows(load_pipeline(args.pipeline), rows, options)
     if args.input is not None:
         write_jsonl(records, args.output)
     elif args.json:
@@ -158,53 +173,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_answer(records[0])
     return 0
-
-
-def answer_reading(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[Any]:
-    from qa_ebm.pipeline.reading import ReadingPipeline
-
-    mode, steps = pipeline_mode(args)
-    pipe = ReadingPipeline.from_pretrained(args.pipeline)
-    return pipe(
-        [r["question"] for r in rows],
-        [r["context"] for r in rows],
-        mode=mode,
-        steps=steps,
-        batch_size=args.batch_size,
-        decision=args.decision,
-        temperature=args.temperature,
-    )
-
-
-def answer_generative(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[Any]:
-    from qa_ebm.pipeline.generative import QAPipeline
-
-    if args.steps is not None and args.steps < 0:
-        raise DataError(f"--steps must be >= 0, got {args.steps}")
-    if args.candidates < 1:
-        raise DataError(f"--candidates must be >= 1, got {args.candidates}")
-    pipe = QAPipeline.from_pretrained(args.pipeline)
-    sampler = None
-    if args.sampler is not None or args.step_size is not None:
-        sampler = {"name": args.sampler or pipe.sampler_config["name"]}
-        step_size = args.step_size if args.step_size is not None else pipe.sampler_config.get("step_size")
-        if step_size is not None:
-            sampler["step_size"] = step_size
-    return pipe(
-        [r["question"] for r in rows],
-        [r["context"] for r in rows],
-        steps=args.steps,
-        candidates=args.candidates,
-        sampler=sampler,
-        seed=args.seed,
-        trace=args.trace,
-        batch_size=args.batch_size,
-    )
-
-
-def answer_record(d: dict[str, Any]) -> dict[str, Any]:
-    """The answer's fields, its text under "answer" first (the batch format's contract)."""
-    return {"answer": d.pop("text"), **d}
 
 
 def write_jsonl(records: list[dict[str, Any]], output: str | None) -> None:

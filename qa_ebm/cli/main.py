@@ -18,6 +18,7 @@ from qa_ebm.cli import (
     export,
     pipeline,
     preprocess,
+    serve,
     train_baseline,
     train_ebt,
     train_hvae,
@@ -25,7 +26,7 @@ from qa_ebm.cli import (
 )
 from qa_ebm.errors import QaEbmError
 
-SUBCOMMANDS = (preprocess, train_hvae, train_ebt, train_baseline, export, answer, verify, evaluate, pipeline)
+SUBCOMMANDS = (preprocess, train_hvae, train_ebt, train_baseline, export, answer, verify, evaluate, pipeline, serve)
 
 
 class _Parser(argparse.ArgumentParser):

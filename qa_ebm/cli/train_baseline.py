@@ -8,7 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 from qa_ebm.cli.common import add_common, config_from_args
+from qa_ebm.cli.train_common import interrupted
 from qa_ebm.training.baseline_trainer import train_baseline
+from qa_ebm.training.runs import TrainingInterrupted
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,15 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     console = Console()
-    result = train_baseline(
-        config,
-        args.hvae,
-        args.out,
-        data_dir=args.data,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        on_eval=lambda m: print_eval(m, console),
-    )
+    try:
+        result = train_baseline(
+            config,
+            args.hvae,
+            args.out,
+            data_dir=args.data,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            on_eval=lambda m: print_eval(m, console),
+        )
+    except TrainingInterrupted as e:
+        return interrupted(args, e)
     console.print(f"stopped at step {result.step} ({result.stopped}); wrote {result.out} (model/, metrics.jsonl)")
     return 0
 

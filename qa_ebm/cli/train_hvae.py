@@ -8,7 +8,10 @@ from rich.console import Console
 from rich.table import Table
 
 from qa_ebm.cli.common import add_common, config_from_args
+from qa_ebm.cli.train_common import interrupted
+from qa_ebm.training.distributed import is_main_process
 from qa_ebm.training.hvae_trainer import train_hvae
+from qa_ebm.training.runs import TrainingInterrupted
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,18 +35,22 @@ def run(args: argparse.Namespace) -> int:
         args.overrides = [*args.overrides, f"train_hvae.report_to={args.report_to}"]
     config = config_from_args(args)
     console = Console()
-    result = train_hvae(
-        config,
-        args.data,
-        args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        on_eval=lambda m: print_eval(m, console),
-    )
-    console.print(
-        f"stopped at step {result.step} ({result.stopped}); wrote {result.out} "
-        "(model/, latents/, metrics.jsonl, trainer_state/)"
-    )
+    try:
+        result = train_hvae(
+            config,
+            args.data,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            on_eval=lambda m: print_eval(m, console),
+        )
+    except TrainingInterrupted as e:
+        return interrupted(args, e)
+    if is_main_process():  # under accelerate launch, the one that wrote the run
+        console.print(
+            f"stopped at step {result.step} ({result.stopped}); wrote {result.out} "
+            "(model/, latents/, metrics.jsonl, trainer_state/)"
+        )
     return 0
 
 

@@ -19,10 +19,10 @@ from typing import Any
 
 from qa_ebm.config import PhysicsSourceConfig
 from qa_ebm.data.hub import load_hub_dataset, resolve_local
-from qa_ebm.data.records import RECORD_SUFFIXES, get_field, iter_records
-from qa_ebm.data.schema import RawExample, SourceReport
+from qa_ebm.data.records import RECORD_SUFFIXES, field_names, get_field, iter_records
+from qa_ebm.data.schema import RawExample, SourceReport, scrub_example
 from qa_ebm.errors import DataError
-from qa_ebm.io import open_input, strip_compression_suffix
+from qa_ebm.io import READ_ERRORS, open_input, strip_compression_suffix
 
 LOCAL_HINT = "--physics data/physics_sample.jsonl"
 H4_FIELDS = ("qid", "question", "answers")
@@ -74,8 +74,11 @@ def detect_format(path: Path, cfg: PhysicsSourceConfig) -> str:
     if name.endswith(".xml"):
         return "posts_xml"
     if not name.endswith(RECORD_SUFFIXES):
-        with open_input(path, "rb") as f:
-            head = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n")
+        try:
+            with open_input(path, "rb") as f:
+                head = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n")
+        except READ_ERRORS as e:
+            raise DataError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from e
         if head.startswith((b"<?xml", b"<posts")):
             return "posts_xml"
         raise DataError(
@@ -89,7 +92,7 @@ def detect_format(path: Path, cfg: PhysicsSourceConfig) -> str:
         if missing:
             raise DataError(
                 f"{where}: neither the H4 schema (fields {', '.join(H4_FIELDS)}) nor Q/A pairs: missing "
-                f"field {missing[0]!r} (set data.physics.fields.*; fields present: {', '.join(sorted(record))})"
+                f"field {missing[0]!r} (set data.physics.fields.*; fields present: {field_names(record)})"
             )
         return "pairs"
     raise DataError(f"{path}: the physics source is empty (no records)")
@@ -106,18 +109,20 @@ def _escape(text: str) -> str:
 
 
 def _example(qid: str, group: str, title: str, question: str, answer: str, markup: str) -> RawExample:
-    return RawExample(
-        id=qid,
-        source="physics",
-        group=group,
-        title=title,
-        question=question,
-        context="",
-        answer=answer,
-        references=[answer],
-        answer_start=-1,
-        is_impossible=False,
-        markup=markup,
+    return scrub_example(
+        RawExample(
+            id=qid,
+            source="physics",
+            group=group,
+            title=title,
+            question=question,
+            context="",
+            answer=answer,
+            references=[answer],
+            answer_start=-1,
+            is_impossible=False,
+            markup=markup,
+        )
     )
 
 
@@ -174,6 +179,8 @@ def _best(answers: list[dict], accepted, score) -> dict:
 def _num(value: Any) -> float:
     try:
         return float(value)
+    except OverflowError:  # an integer past float's range (JSON allows any): it still compares by sign
+        return float("inf") if value > 0 else float("-inf")
     except (TypeError, ValueError):
         return float("-inf")
 
@@ -184,9 +191,11 @@ def _num(value: Any) -> float:
 def _posts_xml_examples(path: Path, report: SourceReport, limit: int | None) -> list[RawExample]:
     """Stream a Stack Exchange `Posts.xml`: rows are read and cleared one at a time.
 
-    Memory holds the questions and, per question, only its accepted answer and its best-scored
-    answer so far, never the whole dump. Answers follow their question in real dumps (ids rise);
-    an answer seen before its question is kept aside until the question arrives.
+    Memory is proportional to what is kept, not to the file: per question its title and body and one
+    answer body (the accepted one once seen, until then the best-scored so far), never the other answers,
+    the other post types or the XML. Answers follow their question in real dumps (ids rise); an answer
+    seen before its question is kept aside until the question arrives (all of them: which one is
+    accepted is not known yet), and dropped at the end if it never does.
     """
     from xml.etree.ElementTree import ParseError
 
@@ -194,7 +203,7 @@ def _posts_xml_examples(path: Path, report: SourceReport, limit: int | None) -> 
 
     questions: dict[str, tuple[str, str, str]] = {}  # id -> (title, body, accepted answer id)
     accepted: dict[str, str] = {}  # question id -> accepted answer body
-    best: dict[str, tuple[float, str]] = {}  # question id -> (score, body)
+    best: dict[str, tuple[float, str]] = {}  # question id -> (score, body), until its accepted answer is seen
     early: dict[str, dict[str, str]] = {}  # answers whose question was not seen yet: qid -> {aid: body}
     root = None
     try:
@@ -216,32 +225,26 @@ def _posts_xml_examples(path: Path, report: SourceReport, limit: int | None) -> 
                         raise DataError(f"{path}: question row without an Id attribute")
                     questions[a["Id"]] = (a.get("Title", ""), a.get("Body", ""), a.get("AcceptedAnswerId", ""))
                 elif kind == "2":
-                    parent, aid, body = a.get("ParentId"), a.get("Id", ""), a.get("Body", "")
-                    if not parent:
-                        raise DataError(f"{path}: answer row Id={aid} without a ParentId attribute")
-                    if parent in questions and questions[parent][2] == aid:
-                        accepted[parent] = body
-                    elif parent not in questions:
-                        early.setdefault(parent, {})[aid] = body
-                    score = _num(a.get("Score"))
-                    if parent not in best or score > best[parent][0]:
-                        best[parent] = (score, body)
-                root.clear()  # drop finished rows: memory stays flat however large the dump
+                    _keep_answer(a, path, questions, accepted, best, early)
+                root.clear()  # drop finished rows: the parsed tree never grows past one row
     except ParseError as e:
         raise DataError(f"{path}: malformed XML ({e})") from e
-    except (UnicodeDecodeError, OSError, EOFError) as e:
+    except READ_ERRORS as e:
         raise DataError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from e
+    except LookupError as e:  # the XML declaration names an encoding Python does not know
+        raise DataError(f"{path}: cannot read ({e})") from e
     except Exception as e:  # defusedxml refuses entity expansion and external references
         if e.__class__.__module__.startswith("defusedxml"):
             raise DataError(f"{path}: refused unsafe XML ({e.__class__.__name__})") from e
         raise
 
     examples = []
-    for qid, (title, body, accepted_id) in questions.items():
+    for qid in list(questions):
         if limit is not None and len(examples) >= limit:
             break
+        title, body, accepted_id = questions.pop(qid)  # each question's text is released as it is used
         report.questions += 1
-        answer = accepted.get(qid) or early.get(qid, {}).get(accepted_id) or best.get(qid, (0, None))[1]
+        answer = accepted.pop(qid, None) or early.pop(qid, {}).get(accepted_id) or best.pop(qid, (0, None))[1]
         if answer is None:
             report.skip("no_answer")
             continue
@@ -258,6 +261,31 @@ def _posts_xml_examples(path: Path, report: SourceReport, limit: int | None) -> 
     return examples
 
 
+def _keep_answer(
+    a: dict[str, str],
+    path: Path,
+    questions: dict[str, tuple[str, str, str]],
+    accepted: dict[str, str],
+    best: dict[str, tuple[float, str]],
+    early: dict[str, dict[str, str]],
+) -> None:
+    """Remember an answer row only if it can still be its question's best answer."""
+    parent, aid, body = a.get("ParentId"), a.get("Id", ""), a.get("Body", "")
+    if not parent:
+        raise DataError(f"{path}: answer row Id={aid!r} without a ParentId attribute")
+    if parent in accepted:  # the accepted answer wins whatever the others score
+        return
+    if parent in questions and questions[parent][2] == aid:
+        accepted[parent] = body
+        best.pop(parent, None)
+        return
+    if parent not in questions:
+        early.setdefault(parent, {})[aid] = body
+    score = _num(a.get("Score"))
+    if parent not in best or score > best[parent][0]:
+        best[parent] = (score, body)
+
+
 # --------------------------------------------------------------------------------------- pairs
 
 
@@ -269,7 +297,7 @@ def _pair_examples(path: Path, cfg: PhysicsSourceConfig, report: SourceReport, l
             if not _has(rec, name):
                 raise DataError(
                     f"{where}: missing field {name!r} (pairs layout from data.physics.fields; "
-                    f"fields present: {', '.join(sorted(rec))})"
+                    f"fields present: {field_names(rec)})"
                 )
         key = get_field(rec, f.group)
         # A row without a group value is a question of its own, never merged with other such rows.

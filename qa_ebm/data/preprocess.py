@@ -30,7 +30,7 @@ from qa_ebm import __version__
 from qa_ebm.config import CleanConfig, Config, DataConfig
 from qa_ebm.data.clean import clean_to_blocks, join_blocks
 from qa_ebm.data.physics import load_physics
-from qa_ebm.data.schema import RawExample, SourceReport
+from qa_ebm.data.schema import RawExample, SourceReport, raw_features
 from qa_ebm.data.sentences import SentenceSplitter, find_pretrained_punkt
 from qa_ebm.data.splits import assign_splits_by_source
 from qa_ebm.data.squad import load_squad
@@ -83,7 +83,7 @@ def preprocess(
         examples, report = load_physics(physics, cfg.physics, limit=cfg.limit, streaming=cfg.streaming)
         rows += examples
         reports.append(report)
-    ds = datasets.Dataset.from_list(rows)
+    ds = datasets.Dataset.from_list(rows, features=raw_features())  # typed: an all-empty column is no `null`
     del rows
     map_kw = {
         "batched": True,
@@ -98,7 +98,13 @@ def preprocess(
     clock.lap("clean")
     # 3. Sentences: Punkt, pretrained where installed, else trained on this corpus.
     splitter = _sentence_splitter(cfg.punkt, ds, cfg.punkt_train_chars)
-    ds = ds.map(_SplitSentences(splitter), desc="split sentences", new_fingerprint=_fp("split", config), **map_kw)
+    ds = ds.map(
+        _SplitSentences(splitter),
+        features=_sentence_features(ds.features),
+        desc="split sentences",
+        new_fingerprint=_fp("split", config),
+        **map_kw,
+    )
 
     clock.lap("sentences")
     # 4. Sentence-count filters (unanswerable questions carry no target and are never filtered).
@@ -163,13 +169,16 @@ def preprocess(
                     new_fingerprint=_fp(f"encode-{name}", config),
                     **{**map_kw, "num_proc": _num_proc(cfg.num_proc, len(part), cfg.batch_size)},
                 )
+                if len(part)
+                else datasets.Dataset.from_dict({k: [] for k in features}, features=features)  # map adds no columns
                 for name, part in parts.items()
             }
         )
 
         clock.lap("encode")
         # 8. Write.
-        dsd.save_to_disk(str(tmp / "dataset"))
+        # An empty split must still be written as one (empty) shard: datasets writes none and cannot load it back.
+        dsd.save_to_disk(str(tmp / "dataset"), num_shards={name: 1 for name, part in dsd.items() if len(part) == 0})
         config.save(tmp / "config.yaml")
         saved = datasets.load_from_disk(str(tmp / "dataset"))  # fingerprint what landed on disk
         clock.lap("write")
@@ -263,6 +272,8 @@ def context_text(ds, train_rows: np.ndarray, splitter: SentenceSplitter, cfg: Da
     texts: list[tuple[str, str]] = []
     for k, (context, title) in enumerate(seen.items()):
         parts = splitter.split(context)
+        if not parts:  # whitespace, or nothing a sentence can be made of
+            continue
         if cfg.context_sentences:
             texts += [(title, sentence) for sentence in parts]
         rng = np.random.default_rng([cfg.splits.seed, k])
@@ -271,6 +282,8 @@ def context_text(ds, train_rows: np.ndarray, splitter: SentenceSplitter, cfg: Da
             n = int(rng.integers(1, min(12, len(words)) + 1))
             start = int(rng.integers(len(words) - n + 1))
             texts.append((title, " ".join(words[start : start + n])))
+    if not texts:
+        return None
     records = [
         {
             "id": f"context-{i}",
@@ -304,6 +317,14 @@ class _LongestSentence:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         lengths = iter(map(len, self.encode.tokenizer.encode_batch([s for sents in batch["sentences"] for s in sents])))
         return {"longest_sentence": [max((next(lengths) for _ in sents), default=0) for sents in batch["sentences"]]}
+
+
+def _sentence_features(features):
+    from datasets import List, Value
+
+    features = features.copy()
+    features.update({"sentences": List(Value("string")), "num_sentences": Value("int64")})
+    return features
 
 
 def _id_features(S: int, W: int) -> dict:

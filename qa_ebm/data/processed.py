@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from qa_ebm.errors import CheckpointError
+from qa_ebm.io import read_json
 
 FORMAT = "qa-ebm/dataset"
 
@@ -93,18 +93,21 @@ class ProcessedData:
 
 def load_processed(directory: str | Path) -> ProcessedData:
     import datasets
+    import pyarrow as pa
 
     root = Path(directory)
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
         raise CheckpointError(f"{root}: not a qa-ebm preprocess output (no manifest.json); run qa-ebm preprocess first")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{manifest_path}: not valid JSON ({e.msg})") from e
-    if manifest.get("format") != FORMAT:
+    manifest = read_json(manifest_path)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT!r}")
     for needed in ("dataset", "tokenizer"):
         if not (root / needed).is_dir():
             raise CheckpointError(f"{root}: incomplete preprocess output (no {needed}/)")
-    return ProcessedData(root=root, manifest=manifest, dataset=datasets.load_from_disk(str(root / "dataset")))
+    try:
+        dataset = datasets.load_from_disk(str(root / "dataset"))
+    except (OSError, ValueError, pa.ArrowException) as e:  # a damaged or substituted file: never unpickled
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{root / 'dataset'}: not a readable saved dataset ({type(e).__name__}: {first})") from e
+    return ProcessedData(root=root, manifest=manifest, dataset=dataset)

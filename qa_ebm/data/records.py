@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from qa_ebm.errors import DataError
-from qa_ebm.io import open_input, strip_compression_suffix
+from qa_ebm.io import READ_ERRORS, open_input, strip_compression_suffix
 
 RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -39,6 +39,12 @@ def get_field(record: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+def field_names(record: dict[str, Any]) -> str:
+    """The record's keys for an error message, on one line: a key with a newline or control character in it
+    is shown quoted (`'\\n'`), since the message must stay one line."""
+    return ", ".join(k if k.isprintable() else repr(k) for k in sorted(map(str, record))) or "none"
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     with _reading(path) as f:
         for n, line in enumerate(f, 1):
@@ -62,8 +68,11 @@ def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def _iter_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     with _reading(path) as f:
         reader = csv.DictReader(f)
-        for n, row in enumerate(reader, 2):
-            yield f"{path}:{n}", dict(row)
+        try:
+            for n, row in enumerate(reader, 2):
+                yield f"{path}:{n}", dict(row)
+        except csv.Error as e:  # a field past csv's size limit, a NUL, an unterminated quote at the end
+            raise DataError(f"{path}: line {reader.line_num}: not readable as CSV ({e})") from e
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -78,7 +87,7 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 for rec in batch.to_pylist():
                     yield f"{path}: row {row}", rec
                     row += 1
-    except (pa.ArrowInvalid, OSError) as e:
+    except (pa.ArrowInvalid, *READ_ERRORS) as e:
         raise DataError(f"{path}: not a readable parquet file ({e})") from e
 
 
@@ -95,13 +104,13 @@ class _reading:
     def __iter__(self):
         try:
             yield from self.f
-        except (UnicodeDecodeError, OSError, EOFError) as e:
+        except READ_ERRORS as e:
             raise DataError(f"{self.path}: cannot read ({e.__class__.__name__}: {e})") from e
 
     def read(self) -> str:
         try:
             return self.f.read()
-        except (UnicodeDecodeError, OSError, EOFError) as e:
+        except READ_ERRORS as e:
             raise DataError(f"{self.path}: cannot read ({e.__class__.__name__}: {e})") from e
 
     def __exit__(self, *exc):
@@ -113,6 +122,10 @@ def _loads(text: str, where: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+    except ValueError as e:  # an integer literal longer than Python converts (4300 digits)
+        raise DataError(f"{where}: not usable JSON ({e})") from e
+    except RecursionError as e:
+        raise DataError(f"{where}: JSON nested too deeply to read") from e
 
 
 def _as_record(obj: Any, where: str) -> dict[str, Any]:

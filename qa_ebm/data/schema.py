@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
+from qa_ebm.data.clean import replace_lone_surrogates
 from qa_ebm.io import sha256_file
 
 
@@ -21,6 +22,37 @@ class RawExample(TypedDict):
     answer_start: int  # character offset of `answer` in `context`; -1 when not a span
     is_impossible: bool  # SQuAD v2 "no answer": kept for the verifier, never generated
     markup: str  # "html" | "text"
+
+
+def raw_features():
+    """The `datasets.Features` of a RawExample, so that a column the data leaves empty keeps its type."""
+    from datasets import Features, List, Value
+
+    string = Value("string")
+    return Features(
+        {
+            "id": string,
+            "source": string,
+            "group": string,
+            "title": string,
+            "question": string,
+            "context": string,
+            "answer": string,
+            "references": List(string),
+            "answer_start": Value("int64"),
+            "is_impossible": Value("bool"),
+            "markup": string,
+        }
+    )
+
+
+def scrub_example(example: RawExample) -> RawExample:
+    """Lone surrogates (JSON may carry half an emoji: `"\\ud83d"`) -> U+FFFD in every text field, which Arrow
+    cannot store otherwise; one character for one keeps every offset into the context."""
+    for key in ("id", "group", "title", "question", "context", "answer"):
+        example[key] = replace_lone_surrogates(example[key])
+    example["references"] = [replace_lone_surrogates(r) for r in example["references"]]
+    return example
 
 
 @dataclass

@@ -18,6 +18,7 @@ from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer, PunktTr
 
 from qa_ebm.data.clean import block_spans, mask_math
 from qa_ebm.errors import DataError
+from qa_ebm.io import read_text_file
 
 PUNKT_FILES = ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab")
 
@@ -64,8 +65,10 @@ class SentenceSplitter:
         params.collocations = {tuple(line.split("\t", 1)) for line in _lines(d / "collocations.tab") if "\t" in line}
         params.sent_starters = set(_lines(d / "sent_starters.txt"))
         params.abbrev_types = set(_lines(d / "abbrev_types.txt"))
-        for line in _lines(d / "ortho_context.tab"):
+        for n, line in enumerate(_lines(d / "ortho_context.tab"), 1):
             word, _, value = line.rpartition("\t")
+            if not value.isdigit():
+                raise DataError(f"{d / 'ortho_context.tab'}: line {n}: expected WORD<tab>FLAGS (an integer)")
             params.ortho_context[word] = int(value)
         return cls(params, origin=origin or str(d))
 
@@ -92,7 +95,7 @@ class SentenceSplitter:
 
 
 def _lines(path: Path) -> list[str]:
-    return [line for line in path.read_text(encoding="utf-8").split("\n") if line]
+    return [line for line in read_text_file(path, DataError).split("\n") if line]
 
 
 def _write(path: Path, lines: Iterable[str]) -> None:

@@ -15,9 +15,10 @@ from typing import Any
 
 from qa_ebm.config import SquadSourceConfig
 from qa_ebm.data.hub import load_hub_dataset, resolve_local
-from qa_ebm.data.schema import RawExample, SourceReport
+from qa_ebm.data.records import field_names
+from qa_ebm.data.schema import RawExample, SourceReport, scrub_example
 from qa_ebm.errors import DataError
-from qa_ebm.io import open_input
+from qa_ebm.io import READ_ERRORS, open_input
 
 LOCAL_HINT = "--squad path/to/dev-v1.1.json"
 
@@ -61,18 +62,20 @@ def _example(
 ) -> RawExample:
     impossible = impossible or not answers
     text, start = ("", -1) if impossible else answers[0]
-    return RawExample(
-        id=str(qid),
-        source="squad",
-        group=f"squad:{title}",
-        title=title,
-        question=question,
-        context=context,
-        answer=text,
-        references=[] if impossible else [a for a, _ in answers],
-        answer_start=int(start),
-        is_impossible=impossible,
-        markup="text",
+    return scrub_example(
+        RawExample(
+            id=str(qid),
+            source="squad",
+            group=f"squad:{title}",
+            title=title,
+            question=question,
+            context=context,
+            answer=text,
+            references=[] if impossible else [a for a, _ in answers],
+            answer_start=int(start),
+            is_impossible=impossible,
+            markup="text",
+        )
     )
 
 
@@ -82,8 +85,12 @@ def _json_rows(path: Path) -> Iterator[RawExample]:
             doc = json.load(f)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
-        except (UnicodeDecodeError, OSError, EOFError) as e:
+        except READ_ERRORS as e:
             raise DataError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from e
+        except ValueError as e:  # an integer literal longer than Python converts (4300 digits)
+            raise DataError(f"{path}: not usable JSON ({e})") from e
+        except RecursionError as e:
+            raise DataError(f"{path}: JSON nested too deeply to read") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DataError(f"{path}: not SQuAD JSON (expected an object with a 'data' list of articles)")
     for a, article in enumerate(doc["data"]):
@@ -127,9 +134,7 @@ def _field(obj: Any, name: str, where: str, kind: type | tuple[type, ...]) -> An
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected an object, got {type(obj).__name__}")
     if name not in obj:
-        raise DataError(
-            f"{where}: missing field {name!r} (SQuAD schema; fields present: {', '.join(sorted(obj)) or 'none'})"
-        )
+        raise DataError(f"{where}: missing field {name!r} (SQuAD schema; fields present: {field_names(obj)})")
     value = obj[name]
     if not isinstance(value, kind) or isinstance(value, bool):
         expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)

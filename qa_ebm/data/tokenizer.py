@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from qa_ebm.errors import CheckpointError, DataError
+from qa_ebm.io import read_json
 
 META_FILE = "qa_ebm_tokenizer.json"
 SP_MODEL_FILE = "spm.model"
@@ -180,9 +181,17 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     meta_path = d / META_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{d}: not a qa-ebm tokenizer directory (no {META_FILE})")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path}: expected a JSON object with kind, name, special")
     if meta.get("kind") == "sentencepiece":
-        tok: Tokenizer = SentencePieceTokenizer((d / SP_MODEL_FILE).read_bytes(), name=meta.get("name", ""))
+        model_file = d / SP_MODEL_FILE
+        try:
+            tok: Tokenizer = SentencePieceTokenizer(model_file.read_bytes(), name=str(meta.get("name", "")))
+        except OSError as e:
+            raise CheckpointError(f"{model_file}: cannot read ({e.strerror or e})") from e
+        except RuntimeError as e:  # sentencepiece's own parser: not a model protobuf
+            raise CheckpointError(f"{model_file}: not a SentencePiece model ({str(e).splitlines()[0][:120]})") from e
     elif meta.get("kind") == "hf":
         tok = HFTokenizer.from_pretrained(str(d))
         tok.name = meta.get("name", str(d))

@@ -195,8 +195,8 @@ class ReferenceLM:
         self.device = device
         what = f"{model!r}" + (f" (GGUF file {gguf_file!r})" if gguf_file else "")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model, gguf_file=gguf_file)
-            self.model = AutoModelForCausalLM.from_pretrained(model, gguf_file=gguf_file)
+            self.tokenizer = AutoTokenizer.from_pretrained(model, gguf_file=gguf_file, trust_remote_code=False)
+            self.model = AutoModelForCausalLM.from_pretrained(model, gguf_file=gguf_file, trust_remote_code=False)
         except ImportError as e:  # e.g. the gguf package is missing
             raise ConfigError(f"cannot load reference LM {what}: {e}") from e
         except (OSError, ValueError) as e:  # no such dir / Hub unreachable / not a causal LM

@@ -35,6 +35,7 @@ from torch import nn
 
 from qa_ebm.config import EBTConfig, config_from_dict
 from qa_ebm.errors import CheckpointError
+from qa_ebm.io import read_json
 from qa_ebm.models.weights import load_module, save_module
 
 CONFIG_FILE = "config.json"
@@ -248,7 +249,9 @@ class LatentModel(nn.Module):
         d = Path(directory)
         if not (d / CONFIG_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
             raise CheckpointError(f"{d}: not a saved {cls.__name__} (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-        meta = json.loads((d / CONFIG_FILE).read_text())
+        meta = read_json(d / CONFIG_FILE)
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{d / CONFIG_FILE}: expected a JSON object with kind, ebt, spec")
         unknown = set(meta) - {"kind", "ebt", "spec"}
         if unknown:
             raise CheckpointError(f"{d / CONFIG_FILE}: unknown keys {sorted(unknown)}; valid: kind, ebt, spec")

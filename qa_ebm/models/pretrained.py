@@ -9,8 +9,11 @@ all-MiniLM-L6-v2): their aliases resolve to that directory when the package is i
 from __future__ import annotations
 
 import importlib.util
+import pickle
 from pathlib import Path
 from typing import Any
+
+from safetensors import SafetensorError
 
 from qa_ebm.errors import CheckpointError
 
@@ -82,7 +85,8 @@ def load_encoder(name: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError, pickle.UnpicklingError) as e:
+        # UnpicklingError: torch's weights-only loader refusing a pytorch_model.bin that holds more than tensors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if local.exists():
             raise CheckpointError(f"{name!r}: cannot load the model or its tokenizer from {local} ({first})") from e

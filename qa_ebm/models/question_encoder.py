@@ -11,10 +11,12 @@ Two encoders with one call signature, ``encoder(questions, contexts) -> (x, mask
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from qa_ebm.config import EBTConfig
 from qa_ebm.data.tokenizer import Tokenizer, load_tokenizer
@@ -64,9 +66,9 @@ class FrozenConditionEncoder:
 
         path = resolve_pretrained(name)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path).eval().to(device)
-        except OSError as e:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            self.model = AutoModel.from_pretrained(path, trust_remote_code=False).eval().to(device)
+        except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as e:  # unpickling: torch's refusal
             raise CheckpointError(
                 f"ebt.question_encoder={name!r}: cannot load it ({e}); give a local model dir, or 'learned'"
             ) from e

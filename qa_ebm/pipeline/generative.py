@@ -47,12 +47,12 @@ import torch
 
 from qa_ebm import __version__
 from qa_ebm.data.text_checks import check_text
-from qa_ebm.energy.samplers import SampleResult
+from qa_ebm.energy.samplers import LangevinSampler, SampleResult
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.models.answer_encoder import AnswerEncoder
 from qa_ebm.models.ebt import Condition, EnergyTransformer, LatentModel
 from qa_ebm.models.question_encoder import LEARNED, FrozenConditionEncoder, LearnedConditionTokens
-from qa_ebm.pipeline.directory import read_meta
+from qa_ebm.pipeline.directory import check_model_name, read_meta
 from qa_ebm.pipeline.sampling import build_from_config, sampler_config
 
 log = logging.getLogger(__name__)
@@ -204,21 +204,34 @@ class QAPipeline:
         return questions, contexts
 
     def _condition(self, questions: list[str], contexts: list[str | None], warn: bool = True) -> Condition:
+        x, mask = self.condition_encoder(questions, contexts)  # (B, max_condition_tokens[, Dc]), padded
         if warn:  # about the question alone: a passage is cut to fit by design
-            limit = self.energy.cfg.max_condition_tokens
-            counts = self.condition_encoder.token_counts(questions, [None] * len(questions))
-            long = [(i, n) for i, n in enumerate(counts) if n > limit]
-            if long:
-                log.warning(
-                    "%d of %d questions are longer than the %d tokens the energy reads (ebt.max_condition_tokens) "
-                    "and were cut (question %d has %d tokens)",
-                    len(long),
-                    len(questions),
-                    limit,
-                    *long[0],
-                )
-        x, mask = self.condition_encoder(questions, contexts)
+            self._warn_if_cut(questions, mask)
+        # Drop the padding columns past the batch's longest row: they are masked out of every attention, yet
+        # each refinement step would attend over them and copy their cached keys (a question alone fills
+        # ~12 of 64). Positions keep their indices, so the energy is the same up to float rounding.
+        length = max(int(mask.any(0).nonzero().max()) + 1, 1) if mask.any() else 1
+        x, mask = x[:, :length], mask[:, :length]
         return self.energy.condition(x.to(self.device), mask.to(self.device))
+
+    def _warn_if_cut(self, questions: list[str], mask: torch.Tensor) -> None:
+        """Warn when a question alone is longer than the energy reads. Only a row that fills the whole window
+        can have been cut, so only those questions are tokenised a second time (to count their tokens)."""
+        limit = self.energy.cfg.max_condition_tokens
+        full = mask.all(1).nonzero().flatten().tolist()
+        if not full:
+            return
+        counts = self.condition_encoder.token_counts([questions[i] for i in full], [None] * len(full))
+        long = [(i, n) for i, n in zip(full, counts, strict=True) if n > limit]
+        if long:
+            log.warning(
+                "%d of %d questions are longer than the %d tokens the energy reads (ebt.max_condition_tokens) "
+                "and were cut (question %d has %d tokens)",
+                len(long),
+                len(questions),
+                limit,
+                *long[0],
+            )
 
     # --------------------------------------------------------------------------------------------- answering
 
@@ -334,11 +347,21 @@ class QAPipeline:
             zeros = torch.zeros(len(y0), dtype=torch.long, device=y0.device)
             return SampleResult(y0, energy, zeros, [[] for _ in range(len(y0))], energy, zeros.float())
 
-        def energy_fn(y: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
-            return self.energy.energy(cond, y, mask, k)
-
+        sampler = build_from_config(config, steps)
         generator = torch.Generator(device=y0.device).manual_seed(seed)  # Langevin's noise; gd draws none
-        return build_from_config(config, steps).sample(energy_fn, y0, mask, generator=generator)
+        # Refine only the slots up to the batch's last real one: the rest are masked out of the energy and never
+        # move, yet each would cost a soft token in every layer of every step (an answer of the usual one or two
+        # sentences uses 2-3 of 1 + max_sentences slots). Positions keep their indices, so the energy is the
+        # same up to float rounding. Not for Langevin, whose noise is drawn over the whole latent's shape.
+        used = y0.shape[1] if isinstance(sampler, LangevinSampler) else int(mask.any(0).nonzero().max()) + 1
+        slots = mask[:, :used]
+
+        def energy_fn(y: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
+            return self.energy.energy(cond, y, slots, k)
+
+        result = sampler.sample(energy_fn, y0[:, :used], slots, generator=generator)
+        result.y = torch.cat([result.y, y0[:, used:]], dim=1)  # (B, P, D): the unused slots as they started
+        return result
 
     def _trace(self, cond, y0, mask, config, used: int, seed: int) -> list[dict[str, Any]]:
         """The latent decoded at TRACE_STEPS and at the last step (rerun with that cap: the samplers are
@@ -432,7 +455,7 @@ class QAPipeline:
 
             encoder = LearnedConditionTokens(load_tokenizer(d / "tokenizer"), energy.cfg.max_condition_tokens)
         else:
-            name = str(encoder_meta.get("name"))
+            name = check_model_name(str(encoder_meta.get("name")), where, "question_encoder.name")
             if name == QUESTION_ENCODER_DIR:
                 if not (d / name).is_dir():
                     raise CheckpointError(f"{d}: missing {QUESTION_ENCODER_DIR}/ (the bundled question encoder)")

@@ -16,7 +16,8 @@ Modes of ``__call__`` (the ``energy`` field of an answer is what the mode ranks 
     proposal   the proposal head alone: best s_i + e_j (energy = -score)
     energy     the candidate chosen by E_theta(x, y_span)
     rank       the candidate chosen by E_total = E_theta - w * s_proposal; "no answer" (text "", start = end =
-               None) when its E_total is above the energy's no_answer_threshold (SQuAD v2, set on val)
+               None) when the energy config's no-answer signal (its E_total, or the proposal head's null margin)
+               is above its no_answer_threshold (SQuAD v2, both set on val)
     refine     y <- sampler(E_theta, y0) for `steps` steps; snap: among the m candidates nearest to y
                (L2 in the standardised latent space) the lowest E_total (energy = that E_total)
     generate   the refined latent decoded by the HVAE decoder (start / end None; energy = E_theta(y))
@@ -56,6 +57,7 @@ from qa_ebm.reading.energy import (
     attach_latents,
     collate_candidates,
     encode_windows,
+    null_scores,
     propose_candidates,
 )
 from qa_ebm.reading.proposal import SpanProposalHead, load_proposal_head
@@ -283,7 +285,11 @@ class ReadingPipeline:
             return [_ranked(cs, en, top_n, *rule) for cs, en in zip(cands, e_theta, strict=True)]
         if mode == "rank":
             answers = [_ranked(cs, en, top_n, *rule) for cs, en in zip(cands, e_total, strict=True)]
-            return [_abstain_above(a, threshold) for a in answers]
+            if cfg.no_answer_signal == "null_margin":
+                signal = [n - cs[0].score for n, cs in zip(null_scores(windows, enc), cands, strict=True)]
+            else:
+                signal = [a.energy for a in answers]
+            return [_abstain_above(a, s, threshold) for a, s in zip(answers, signal, strict=True)]
 
         # Refinement on E_theta from the best proposal's latent (candidates are sorted by proposal score, so
         # it is each question's first row), reading that candidate's window through the cached condition.
@@ -393,10 +399,10 @@ class ReadingPipeline:
         )
 
 
-def _abstain_above(answer: ReadingAnswer, threshold: float | None) -> ReadingAnswer:
-    """SQuAD v2: "no answer" (text "", no offsets) when the chosen span's energy is above the threshold; the
-    span it would have given becomes the first runner-up."""
-    if threshold is None or answer.energy <= threshold:
+def _abstain_above(answer: ReadingAnswer, signal: float, threshold: float | None) -> ReadingAnswer:
+    """SQuAD v2: "no answer" (text "", no offsets) when the no-answer signal is above the threshold; the span it
+    would have given becomes the first runner-up."""
+    if threshold is None or signal <= threshold:
         return answer
     best = {"text": answer.text, "start": answer.start, "end": answer.end, "energy": answer.energy}
     return ReadingAnswer("", None, None, answer.energy, 0, None, [best, *answer.runners_up[:-1]])

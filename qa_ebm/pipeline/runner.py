@@ -32,7 +32,7 @@ import yaml
 
 from qa_ebm.config import Config, load_config
 from qa_ebm.errors import ConfigError, DataError
-from qa_ebm.io import sha256_json, write_json
+from qa_ebm.io import inside, sha256_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -60,36 +60,73 @@ class StageReport:
 
 
 def load_spec(path: str | Path, inputs: dict[str, str | None] | None = None, out: str | None = None) -> PipelineSpec:
-    """Read and check a pipeline file; `inputs` / `out` given on the command line replace the file's."""
+    """Read and check a pipeline file; `inputs` / `out` given on the command line replace the file's.
+
+    A pipeline file may come from elsewhere, so the paths it names (config, out, inputs, path values of `set`)
+    must lie inside the working directory or the pipeline file's own directory (the config may also be one of
+    the file's project or qa-ebm's own `configs/`): `../../etc` or an absolute path elsewhere is a ConfigError.
+    Paths given on the command line are the user's choice and are taken as they are.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: pipeline file not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of name, config, out, set, inputs, stages")
     valid = {"name", "config", "out", "set", "inputs", "stages"}
     unknown = sorted(set(raw) - valid)
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(valid))}")
     stages = raw.get("stages") or []
+    if not isinstance(stages, list):
+        raise ConfigError(f"{path}: stages must be a list of: {', '.join(STAGES)}")
     bad = [s for s in stages if s not in STAGES]
     if bad or not stages:
         raise ConfigError(f"{path}: stages must be a list of: {', '.join(STAGES)} (got {bad or 'none'})")
     order = [s for s in STAGES if s in stages]
     if stages != order:
         raise ConfigError(f"{path}: stages out of order; the order is {', '.join(order)}")
+    for key, kind in (("set", list), ("inputs", dict)):
+        if raw.get(key) is not None and not isinstance(raw[key], kind):
+            raise ConfigError(f"{path}: {key} must be a {'list' if kind is list else 'mapping'}")
+    roots = (Path.cwd(), path.resolve().parent)
+    project = path.resolve().parents[1]
     config = Path(str(raw.get("config", "configs/tiny.yaml")))
-    if not config.is_file() and (path.resolve().parents[1] / config).is_file():
-        config = path.resolve().parents[1] / config
+    if not config.is_file() and (project / config).is_file():
+        config = project / config
+    _check_inside(path, "config", str(config), (*roots, project, REPO_ROOT / "configs"))
+    if out is None:
+        out = str(raw.get("out") or f"runs/{path.stem}")
+        _check_inside(path, "out", out, roots, "--out")
     given = {k: v for k, v in (inputs or {}).items() if v}
+    file_inputs = {str(k): str(v) for k, v in (raw.get("inputs") or {}).items()}
+    for k, v in file_inputs.items():
+        if k not in given:
+            _check_inside(path, f"inputs.{k}", v, roots, f"--{k}")
+    overrides = [str(x) for x in raw.get("set") or []]
+    for item in overrides:
+        value = item.partition("=")[2].strip()
+        if value.startswith(("/", "~")) or ".." in Path(value).parts:
+            _check_inside(path, f"set {item.partition('=')[0]}", value, roots)
     return PipelineSpec(
         name=str(raw.get("name", path.stem)),
         config=config,
-        out=Path(out or raw.get("out") or f"runs/{path.stem}"),
-        overrides=[str(x) for x in raw.get("set") or []],
-        inputs={**{k: str(v) for k, v in (raw.get("inputs") or {}).items()}, **given},
+        out=Path(out),
+        overrides=overrides,
+        inputs={**file_inputs, **given},
         stages=stages,
+    )
+
+
+def _check_inside(spec: Path, key: str, value: str, roots: tuple[Path, ...], flag: str | None = None) -> None:
+    if inside(Path(value).expanduser(), roots):
+        return
+    instead = f"; to use a path elsewhere, give it on the command line ({flag})" if flag else ""
+    raise ConfigError(
+        f"{spec}: {key} = {value!r} lies outside the working directory and the pipeline file's directory{instead}"
     )
 
 
@@ -154,7 +191,8 @@ def _stage_proposal(ctx: Context) -> dict[str, Any]:
     from qa_ebm.reading.proposal import SpanProposalHead, train_proposal_head
 
     rc = ctx.config.reading
-    examples = load_processed(ctx.dir("preprocess")).reading_examples("train", answerable_only=True)
+    # SQuAD v2's unanswerable questions train every window towards CLS: the null score the no-answer decision reads
+    examples = load_processed(ctx.dir("preprocess")).reading_examples("train")
     if not examples:
         raise DataError(f"{ctx.dir('preprocess')}: the train split has no questions with a passage (SQuAD)")
     model, tokenizer = SpanProposalHead.from_encoder(

@@ -13,10 +13,17 @@ the minimum-Bayes-risk choice for SQuAD's loss: when the energy hesitates betwee
 spans, the span they share scores more on average than any one of them. T is a setting chosen on val
 (:func:`calibrate`); T -> 0 gives back ``lowest``.
 
-SQuAD v2 adds questions the passage does not answer. The chosen candidate's E_total then decides: above a
-threshold tau the answer is "no answer" (the empty string). tau is chosen on val to maximise the official v2
-F1 (:func:`calibrate_no_answer`): answered questions score their span's F1 (0 when unanswerable), abstentions
-score 1 when unanswerable and 0 otherwise.
+SQuAD v2 adds questions the passage does not answer. A no-answer signal a(x) then decides: above a
+threshold tau the answer is "no answer" (the empty string). Two signals (``NO_ANSWER_SIGNALS``):
+
+    energy        a(x) = E_total(x, c*), the chosen candidate's energy
+    null_margin   a(x) = s_null(x) - max_c s(c), with s_null = min over the question's windows of
+                  s_CLS + e_CLS (the proposal head's "no answer in this window" score, as Hugging Face's
+                  run_qa post-processing) and s(c) = s_i + e_j the best span's proposal score
+
+The signal and tau are settings chosen on val to maximise the official v2 F1 (:func:`calibrate_no_answer`):
+answered questions score their span's F1 (0 when unanswerable), abstentions score 1 when unanswerable and 0
+otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +37,13 @@ from qa_ebm.errors import ConfigError
 from qa_ebm.metrics.squad import normalize_answer, squad_scores
 
 RULES = ("lowest", "expected_f1")
+NO_ANSWER_SIGNALS = ("energy", "null_margin")
 TEMPERATURES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)  # the grid `calibrate` searches
+
+
+def check_no_answer_signal(signal: str) -> None:
+    if signal not in NO_ANSWER_SIGNALS:
+        raise ConfigError(f"unknown no-answer signal {signal!r}; valid: {', '.join(NO_ANSWER_SIGNALS)}")
 
 
 def check_rule(rule: str, temperature: float) -> None:
@@ -112,7 +125,8 @@ def calibrate_no_answer(
 ) -> tuple[float | None, dict[str, float]]:
     """The no-answer threshold tau of the best v2 F1 on these (val) questions, and the v2 scores at tau.
 
-    `energies`: each question's chosen candidate's E_total; `span_f1`: that candidate's F1 against the gold
+    `energies`: each question's no-answer signal (the chosen candidate's E_total, or the null margin: any
+    score where higher means "more likely unanswerable"); `span_f1`: that candidate's F1 against the gold
     answers (ignored for unanswerable questions); `answerable`: whether the question has gold answers.
     tau is None (always answer) when no threshold scores more than answering everything, e.g. a val split
     without unanswerable questions.
@@ -150,10 +164,12 @@ def calibrate_no_answer(
 
 
 __all__ = [
+    "NO_ANSWER_SIGNALS",
     "RULES",
     "TEMPERATURES",
     "calibrate",
     "calibrate_no_answer",
+    "check_no_answer_signal",
     "check_rule",
     "decide",
     "expected_f1",

@@ -50,7 +50,7 @@ from qa_ebm.errors import CheckpointError, ConfigError
 from qa_ebm.metrics.squad import normalize_answer
 from qa_ebm.models.ebt import Condition, EBTSpec, EnergyTransformer
 from qa_ebm.models.weights import load_module, save_module
-from qa_ebm.reading.decision import check_rule
+from qa_ebm.reading.decision import check_no_answer_signal, check_rule
 from qa_ebm.reading.proposal import SpanProposalHead, top_k_spans
 from qa_ebm.reading.spans import Span, candidate_spans, gold_span_index, word_offsets
 from qa_ebm.reading.windows import Windows
@@ -90,7 +90,10 @@ class SpanEnergyConfig:
     # How an answer is chosen from E_total (``qa_ebm.reading.decision``): set on val after training.
     decision: str = "lowest"  # "lowest" | "expected_f1"
     temperature: float = 1.0  # T of p(c | x) = softmax(-E_total / T), for "expected_f1"
-    # SQuAD v2: "no answer" when the chosen candidate's E_total is above this; set on val (None: always answer)
+    # SQuAD v2: "no answer" when the no-answer signal ("energy": the chosen candidate's E_total; "null_margin":
+    # the proposal head's null score minus its best span score) is above the threshold; both set on val
+    # (threshold None: always answer)
+    no_answer_signal: str = "energy"
     no_answer_threshold: float | None = None
     proposal_weight_init: float = 1.0  # w at initialisation
 
@@ -102,6 +105,7 @@ class SpanEnergyConfig:
         if not math.isfinite(self.proposal_weight_init):
             raise ConfigError(f"span energy: proposal_weight_init must be finite, got {self.proposal_weight_init}")
         check_rule(self.decision, self.temperature)
+        check_no_answer_signal(self.no_answer_signal)
         if self.no_answer_threshold is not None and not math.isfinite(self.no_answer_threshold):
             raise ConfigError(
                 f"span energy: no_answer_threshold must be finite or null, got {self.no_answer_threshold}"
@@ -313,6 +317,15 @@ def locate(windows: Windows, enc: WindowEncoding, example: int, start: int, end:
         if central > best_central:  # strict: ties keep the earlier window
             best_w, best_central, best_tokens = w, central, (i, j)
     return None if best_w < 0 else Location(best_w, best_score, *best_tokens)
+
+
+def null_scores(windows: Windows, enc: WindowEncoding) -> list[float]:
+    """Per question, s_null = min over its windows of s_CLS + e_CLS: the proposal head's score for "the answer is
+    in none of the windows" (the window most sure it holds an answer decides, as Hugging Face's run_qa)."""
+    cls = torch.tensor(windows.cls_index, dtype=torch.long).unsqueeze(1)  # (W, 1)
+    per_window = (enc.start_logits.gather(1, cls) + enc.end_logits.gather(1, cls)).squeeze(1).tolist()
+    n = len(windows.contexts)
+    return [min((per_window[w] for w in windows.windows_of(b)), default=math.inf) for b in range(n)]
 
 
 def propose_candidates(
@@ -625,6 +638,7 @@ __all__ = [
     "gold_span",
     "hard_negative_spans",
     "locate",
+    "null_scores",
     "pad_per_question",
     "propose_candidates",
     "rank_energies",

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
-from qa_ebm.models.weights import load_module, save_module
+from qa_ebm.models.weights import load_module, safetensors_hint, save_module
 from qa_ebm.reading.windows import Windows, make_windows
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,11 @@ class SpanProposalHead(nn.Module):
             raise CheckpointError(f"{where}: top-level keys must be format, version, config; got {sorted(meta)}")
         cfg = ProposalConfig.from_dict(meta["config"], where)
         try:
-            encoder = AutoModel.from_pretrained(d / ENCODER_DIR, trust_remote_code=False)
+            # save_pretrained wrote safetensors: a pytorch_model.bin put in its place is never unpickled
+            encoder = AutoModel.from_pretrained(d / ENCODER_DIR, trust_remote_code=False, use_safetensors=True)
+        except SafetensorError as e:
+            weights = d / ENCODER_DIR / "model.safetensors"
+            raise CheckpointError(f"{weights}: not a readable safetensors file{safetensors_hint(weights)} ({e})") from e
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{d / ENCODER_DIR}: cannot load the encoder ({e})") from e
         try:
@@ -229,7 +234,11 @@ def load_proposal_head(directory: str | Path) -> tuple[SpanProposalHead, Any]:
     enc = Path(directory) / ENCODER_DIR
     if not (enc / "tokenizer.json").is_file():
         raise CheckpointError(f"{enc}: no tokenizer.json; save the head with save_pretrained(dir, tokenizer)")
-    return model, AutoTokenizer.from_pretrained(enc)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(enc, trust_remote_code=False)
+    except (OSError, ValueError) as e:  # ValueError covers undecodable JSON
+        raise CheckpointError(f"{enc}: cannot load the tokenizer ({str(e).splitlines()[0][:160]})") from e
+    return model, tokenizer
 
 
 # ------------------------------------------------------------------------------ span decoding

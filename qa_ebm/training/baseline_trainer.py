@@ -39,17 +39,26 @@ from qa_ebm.io import write_json
 from qa_ebm.models.baseline import AutoregressiveBaseline, BaselineSpec, pack
 from qa_ebm.models.decoders import DecodeSettings
 from qa_ebm.models.hvae import HVAE
-from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
+from qa_ebm.training.distributed import require_one_process
 from qa_ebm.training.ebt_trainer import HVAERun, load_hvae_run, resolve_data_dir
 from qa_ebm.training.hvae_trainer import TrainResult, _epoch_order, decode_text
-from qa_ebm.training.runs import TrainingError, base_manifest, check_finite, prepare_run_dir
+from qa_ebm.training.loop import LoopSettings, LoopState, StepOutput, TrainingLoop
+from qa_ebm.training.runs import base_manifest, load_checkpoint, prepare_run_dir, save_checkpoint, trim_metrics
 from qa_ebm.training.schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
 
 SECTIONS = ("train_baseline",)
 # Settings that may change on --resume (they do not change what a step computes).
-RESUMABLE_CHANGES = {"steps", "max_seconds", "eval_every", "save_every", "num_samples"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "max_seconds",
+    "eval_every",
+    "save_every",
+    "num_samples",
+    "nonfinite",
+    "max_nonfinite_skips",
+}
 
 
 @dataclass
@@ -116,7 +125,6 @@ def train_baseline(
 ) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     tc = config.train_baseline
     run = load_hvae_run(hvae_run_dir)
@@ -127,6 +135,7 @@ def train_baseline(
     out = Path(out_dir)
     if resume:
         _check_same_hvae(out, run)
+    require_one_process("train-baseline")
     out, replaced = prepare_run_dir(out, config, resume, overwrite, SECTIONS, RESUMABLE_CHANGES)
     tokenizer = load_tokenizer(run.root / "tokenizer")
     data = load_processed(data_path)
@@ -144,15 +153,14 @@ def train_baseline(
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
     state_dir = out / "trainer_state"
-    step = 0
-    if resume and (state_dir / "state.json").is_file():
-        load_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
-        step = int(load_trainer_state(state_dir, optimizer, scheduler)["step"])
+    saved = load_checkpoint(state_dir, accelerator, model, optimizer, scheduler) if resume else None
+    start = LoopState.from_dict(saved)
+    if resume and accelerator.is_main_process:
+        trim_metrics(out / "metrics.jsonl", start.step)
 
-    def save(step: int) -> None:
-        state = {"step": step, "seed": tc.seed, "hvae_fingerprint": run.fingerprint}
-        save_trainer_state(state_dir, optimizer, scheduler, state)
-        save_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
+    def save(step: int, loop_state: dict[str, Any]) -> None:
+        state = {**loop_state, "seed": tc.seed, "hvae_fingerprint": run.fingerprint}
+        save_checkpoint(state_dir, accelerator, model, optimizer, scheduler, state)
 
     def evaluate(step: int, train_stats: dict[str, float]) -> dict[str, Any]:
         metrics = {"step": step, **train_stats, **diagnostics(accelerator.unwrap_model(model), val, tc, tokenizer)}
@@ -162,46 +170,37 @@ def train_baseline(
             on_eval(metrics)
         return metrics
 
-    started, stopped, metrics, last_saved, window = time.perf_counter(), "done", {}, step, []
-    bar = tqdm(total=tc.steps, initial=step, desc="train-baseline", disable=not progress)
-    model.train()
-    while step < tc.steps:
+    def train_step(step: int) -> StepOutput:
         batch = batch_at(train, step, tc.batch_size, tc.seed, spec)
-        try:
-            with accelerator.autocast():
-                output = model(
-                    batch.input_ids.to(accelerator.device),
-                    batch.attention_mask.to(accelerator.device),
-                    batch.labels.to(accelerator.device),
-                )
-            check_finite(output.loss, step, last_saved, "train_baseline", tc.lr)
-            accelerator.backward(output.loss)
-        except torch.OutOfMemoryError as e:
-            raise TrainingError(
-                f"out of memory at step {step} with train_baseline.batch_size={tc.batch_size}; try "
-                f"--set train_baseline.batch_size={max(1, tc.batch_size // 2)} or a lower "
-                f"train_baseline.max_answer_tokens (now {tc.max_answer_tokens})"
-            ) from e
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        check_finite(grad_norm, step, last_saved, "train_baseline", tc.lr, what="gradient norm")
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        step += 1
-        bar.update(1)
-        window.append({"loss": output.loss.item(), "lr": scheduler.get_last_lr()[0]})
-        bar.set_postfix(loss=f"{window[-1]['loss']:.3f}")
-        out_of_time = tc.max_seconds is not None and time.perf_counter() - started > tc.max_seconds
-        if step % tc.eval_every == 0 or step == tc.steps or out_of_time:
-            metrics = evaluate(step, {f"train_{k}": float(np.mean([w[k] for w in window])) for k in window[0]})
-            window = []
-        if step % tc.save_every == 0 or step == tc.steps or out_of_time:
-            save(step)
-            last_saved = step
-        if out_of_time:
-            stopped = "time budget"
-            break
-    bar.close()
+        with accelerator.autocast():
+            output = model(
+                batch.input_ids.to(accelerator.device),
+                batch.attention_mask.to(accelerator.device),
+                batch.labels.to(accelerator.device),
+            )
+        accelerator.backward(output.loss)
+        return StepOutput(loss=output.loss.detach(), stats={"loss": output.loss.item()})
+
+    started = time.perf_counter()
+    model.train()
+    loop = TrainingLoop(
+        LoopSettings.from_config(tc, "train_baseline"),
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        train_step,
+        save,
+        evaluate,
+        checkpoint_dir=state_dir,
+        oom_advice=f"with train_baseline.batch_size={tc.batch_size}; try "
+        f"--set train_baseline.batch_size={max(1, tc.batch_size // 2)} or a lower "
+        f"train_baseline.max_answer_tokens (now {tc.max_answer_tokens})",
+        desc="train-baseline",
+        progress=progress,
+    )
+    result = loop.run(start)
+    step, stopped, metrics = result.step, result.stopped, result.metrics
 
     accelerator.unwrap_model(model).save_pretrained(out / "model")
     shutil.copytree(run.root / "tokenizer", out / "tokenizer", dirs_exist_ok=True)

@@ -11,8 +11,10 @@ temp name and renamed into place only when complete (:func:`save_trainer_state`)
     optimizer.safetensors  every tensor of ``optimizer.state_dict()["state"]``, keyed ``"{param_index}.{name}"``
     optimizer.json         param_groups, per-parameter state key order and non-tensor state values
     scheduler.json         ``scheduler.state_dict()`` (``null`` when there is no scheduler)
-    rng.safetensors        torch's CPU RNG state (``"cpu"``) and, when CUDA is available, ``"cuda.{i}"``
-    state.json             the caller's own state: step, epoch, metrics...
+    rng.safetensors        torch's CPU RNG state (``"cpu"``) and, when CUDA is available, ``"cuda.{i}"``;
+                           in a several-process run also each other process's, as ``"process{r}.cpu"``...
+    state.json             the caller's own state: step, epoch, metrics... (written last)
+    ...                    the caller's own files (``write_also``), e.g. model.safetensors
 
 JSON is checked strictly before anything is written: a value JSON would silently change (an int dict
 key, a tensor, a numpy int) is a :class:`CheckpointError`, not a resume that differs from the run.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from qa_ebm.errors import CheckpointError
 from qa_ebm.io import atomic_output_dir, write_json
 from qa_ebm.models.weights import load_module, safetensors_hint, save_module
 
-__all__ = ["load_module", "load_trainer_state", "save_module", "save_trainer_state"]
+__all__ = ["load_module", "load_trainer_state", "rng_tensors", "save_module", "save_trainer_state"]
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +55,24 @@ TRAINER_STATE_FILES = (OPTIMIZER_TENSORS, OPTIMIZER_JSON, SCHEDULER_JSON, RNG_TE
 
 
 def save_trainer_state(
-    directory: Path, optimizer: torch.optim.Optimizer, scheduler: LRScheduler | None, state: dict[str, Any]
+    directory: Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler | None,
+    state: dict[str, Any],
+    rng: dict[str, torch.Tensor] | None = None,
+    *,
+    write_also: Callable[[Path], None] | None = None,
 ) -> None:
     """Write optimizer, scheduler, torch RNG and `state` to `directory`, replacing it atomically.
 
+    `rng` defaults to this process's RNG state (:func:`rng_tensors`); a several-process run passes every
+    process's (`qa_ebm.training.distributed.rng_states`).
+
     Everything is gathered and checked before the first byte is written; the files then go to a temp
     dir beside `directory`, which replaces it in one rename. A failure (or a crash) leaves any previous
-    state in `directory` as it was.
+    state in `directory` as it was. `write_also(tmp)` writes the caller's own files (the model's weights,
+    a replay buffer) into the same temp dir, so that weights and trainer state are only ever replaced
+    together: a crash between the two writes cannot leave a mismatched pair.
     """
     directory = Path(directory)
     opt_tensors, opt_json = _optimizer_to_files(optimizer, directory)
@@ -68,25 +81,28 @@ def save_trainer_state(
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{directory}: {STATE_JSON}: trainer state must be a dict, got {type(state).__name__}")
     _require_json(state, f"{directory}: {STATE_JSON}: trainer state")
-    rng = _rng_tensors()
+    rng = rng_tensors() if rng is None else rng
 
     with atomic_output_dir(directory, overwrite=True) as tmp:
         save_file(opt_tensors, str(tmp / OPTIMIZER_TENSORS))
         write_json(tmp / OPTIMIZER_JSON, opt_json)
         write_json(tmp / SCHEDULER_JSON, sched_json)
         save_file(rng, str(tmp / RNG_TENSORS))
+        if write_also is not None:
+            write_also(tmp)
         write_json(tmp / STATE_JSON, dict(state))
 
 
 def load_trainer_state(
-    directory: Path, optimizer: torch.optim.Optimizer, scheduler: LRScheduler | None
+    directory: Path, optimizer: torch.optim.Optimizer, scheduler: LRScheduler | None, process_index: int = 0
 ) -> dict[str, Any]:
     """Restore what :func:`save_trainer_state` wrote into fresh `optimizer` and `scheduler`; return `state`.
 
     Build the optimizer (over the same parameters, in the same order) and the scheduler exactly as for
     the original run, then call this. Optimizer state tensors are cast to their parameters' dtype and
     device the way ``Optimizer.load_state_dict`` does. The torch RNG state is restored too, so dropout
-    and sampling continue as in an uninterrupted run.
+    and sampling continue as in an uninterrupted run; process `process_index` of a several-process run gets
+    its own saved state (or, from a run with fewer processes, the main process's).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -122,7 +138,7 @@ def load_trainer_state(
             ) from e
     elif sched_json is not None:
         log.warning("%s: a scheduler state was saved but no scheduler was given; it is ignored", directory)
-    _restore_rng(rng, directory)
+    _restore_rng(_process_rng(rng, process_index, directory), directory)
     return state
 
 
@@ -209,12 +225,30 @@ def _optimizer_from_files(
     return {"state": state, "param_groups": param_groups}
 
 
-def _rng_tensors() -> dict[str, torch.Tensor]:
+def rng_tensors() -> dict[str, torch.Tensor]:
+    """This process's torch RNG states: ``"cpu"`` and, when CUDA is available, ``"cuda.{i}"`` per device."""
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"cuda.{i}"] = cuda_state.cpu()
     return rng
+
+
+def _process_rng(rng: dict[str, torch.Tensor], process_index: int, directory: Path) -> dict[str, torch.Tensor]:
+    """The RNG states process `process_index` saved: the plain keys for the main process, `process{r}.` ones else."""
+    if process_index == 0:
+        return {k: v for k, v in rng.items() if not k.startswith("process")}
+    prefix = f"process{process_index}."
+    own = {k[len(prefix) :]: v for k, v in rng.items() if k.startswith(prefix)}
+    if own:
+        return own
+    log.warning(
+        "%s: no RNG state saved for process %d (the run had fewer processes); it continues from the main "
+        "process's, so its dropout and noise repeat the main process's",
+        directory,
+        process_index,
+    )
+    return _process_rng(rng, 0, directory)
 
 
 def _restore_rng(rng: dict[str, torch.Tensor], directory: Path) -> None:

@@ -31,6 +31,10 @@ from qa_ebm.config import TrainEBTConfig
 from qa_ebm.energy.schedules import corrupt
 from qa_ebm.models.ebt import Condition, EnergyTransformer, LatentRegressor, energy_gradient
 
+# A several-process run's whole batch of gold latents (N, P, D), their slot mask (N, P), and which rows of it
+# are this process's: where in-batch rivals come from.
+WholeBatch = tuple[torch.Tensor, torch.Tensor, slice]
+
 
 @dataclass
 class ObjectiveOutput:
@@ -45,10 +49,17 @@ def masked_mse(a: torch.Tensor, b: torch.Tensor, slot_mask: torch.Tensor) -> tor
     return ((a - b).pow(2).mean(-1) * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
-def in_batch_rivals(y: torch.Tensor, slot_mask: torch.Tensor, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Other questions' answers as negatives: the batch rolled by 1..n (never an example's own answer)."""
-    B = y.shape[0]
-    return [(y.roll(s, 0), slot_mask.roll(s, 0)) for s in range(1, min(n, B - 1) + 1)]
+def in_batch_rivals(
+    y: torch.Tensor, slot_mask: torch.Tensor, n: int, whole: WholeBatch | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Other questions' answers as negatives: the batch rolled by 1..n (never an example's own answer).
+
+    In a several-process run `y` is this process's part of the step's batch and `whole` the batch itself:
+    rivals are rolled over the whole batch, so each example has the rivals it has in a one-process run.
+    """
+    y_all, mask_all, part = (y, slot_mask, slice(None)) if whole is None else whole
+    B = y_all.shape[0]
+    return [(y_all.roll(s, 0)[part], mask_all.roll(s, 0)[part]) for s in range(1, min(n, B - 1) + 1)]
 
 
 def contrastive(e_pos: torch.Tensor, e_negs: list[torch.Tensor]) -> torch.Tensor:
@@ -70,6 +81,7 @@ def mcmc_objective(
     tc: TrainEBTConfig,
     generator: torch.Generator,
     rivals: int,
+    whole: WholeBatch | None = None,
 ) -> ObjectiveOutput:
     B = gold.shape[0]
     real = slot_mask.to(gold.dtype).unsqueeze(-1)
@@ -91,7 +103,7 @@ def mcmc_objective(
 
     e_gold, g_gold = energy_gradient(model, cond, gold, slot_mask, create_graph=True)
     e_refined = model.energy(cond, y.detach(), slot_mask)
-    e_rivals = [model.energy(cond, yr, mr) for yr, mr in in_batch_rivals(gold, slot_mask, rivals)]
+    e_rivals = [model.energy(cond, yr, mr) for yr, mr in in_batch_rivals(gold, slot_mask, rivals, whole)]
     contrast = contrastive(e_gold, [e_refined, *e_rivals])
     gold_grad = g_gold.pow(2).sum((1, 2)).mean()
     loss = tc.recon_coeff * recon_loss + tc.contrast_coeff * contrast + tc.gold_grad_coeff * gold_grad
@@ -116,6 +128,7 @@ def ired_objective(
     tc: TrainEBTConfig,
     generator: torch.Generator,
     rivals: int,
+    whole: WholeBatch | None = None,
 ) -> ObjectiveOutput:
     B = gold.shape[0]
     real = slot_mask.to(gold.dtype).unsqueeze(-1)
@@ -128,7 +141,7 @@ def ired_objective(
 
     stronger = (y_k + tc.negative_noise * torch.randn(gold.shape, generator=generator).to(gold.device)) * real
     e_negs = [model.energy(cond, stronger, slot_mask, k)]
-    for yr, mr in in_batch_rivals(gold, slot_mask, rivals):
+    for yr, mr in in_batch_rivals(gold, slot_mask, rivals, whole):
         eps_r = torch.randn(gold.shape, generator=generator).to(gold.device) * mr.to(gold.dtype).unsqueeze(-1)
         e_negs.append(model.energy(cond, corrupt(yr, eps_r, abar), mr, k))
     contrast = contrastive(e_pos, e_negs)

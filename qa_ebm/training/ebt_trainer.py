@@ -18,14 +18,12 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -35,27 +33,58 @@ from qa_ebm.data.processed import load_processed
 from qa_ebm.energy.samplers import RefinementError, build_sampler
 from qa_ebm.energy.schedules import cosine_alpha_bar
 from qa_ebm.errors import CheckpointError, ConfigError
-from qa_ebm.io import write_json
+from qa_ebm.io import read_json, write_json
 from qa_ebm.models.ebt import EBTSpec, EnergyTransformer, LatentModel, LatentRegressor
 from qa_ebm.models.question_encoder import build_condition_encoder
-from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
+from qa_ebm.training.distributed import (
+    Share,
+    average_gradients,
+    check_launch,
+    gather_rows,
+    mean_over_processes,
+    process_seed,
+    seed_process,
+    share_of,
+)
 from qa_ebm.training.ebt_objectives import (
     ObjectiveOutput,
+    WholeBatch,
     ired_objective,
     masked_mse,
     mcmc_objective,
     regress_objective,
 )
 from qa_ebm.training.hvae_trainer import _epoch_order
+from qa_ebm.training.loop import LoopSettings, LoopState, StepOutput, TrainingLoop
 from qa_ebm.training.replay import ReplayBuffer
-from qa_ebm.training.runs import TrainingError, base_manifest, check_finite, init_wandb, prepare_run_dir
+from qa_ebm.training.runs import (
+    TrainingError,
+    base_manifest,
+    init_wandb,
+    load_checkpoint,
+    prepare_run_dir,
+    remove_replaced,
+    save_checkpoint,
+    trim_metrics,
+)
 from qa_ebm.training.schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 KEYS = ("y", "slot_mask", "x", "x_mask")
-RESUMABLE_CHANGES = {"steps", "max_seconds", "eval_every", "save_every", "report_to", "num_samples", "eval_size"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "max_seconds",
+    "eval_every",
+    "save_every",
+    "report_to",
+    "num_samples",
+    "eval_size",
+    "nonfinite",
+    "max_nonfinite_skips",
+}
+REPLAY_FILE = "replay.safetensors"  # the replay buffer's tensors, inside the trainer-state dir
 RIVALS = 7  # other questions' answers per example in the contrastive losses
 # ired learns no step size; its energy gradient predicts the unit-variance noise, so a landscape's few steps
 # of this size move y by about the noise the landscape added.
@@ -98,7 +127,7 @@ def load_hvae_run(directory: str | Path) -> HVAERun:
     root = Path(directory)
     if not (root / "manifest.json").is_file():
         raise CheckpointError(f"{root}: not a finished train-hvae run (no manifest.json)")
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = read_json(root / "manifest.json")
     if manifest.get("format") != "qa-ebm/hvae-run":
         raise CheckpointError(f"{root}/manifest.json: format {manifest.get('format')!r} is not 'qa-ebm/hvae-run'")
     latents, ids = {}, {}
@@ -113,7 +142,9 @@ def load_hvae_run(directory: str | Path) -> HVAERun:
             latents[split] = load_file(str(path))
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-        ids[split] = json.loads((root / "latents" / f"{split}.json").read_text())["ids"]
+        ids[split] = read_json(root / "latents" / f"{split}.json").get("ids")
+        if not isinstance(ids[split], list):
+            raise CheckpointError(f"{root}/latents/{split}.json: no list of 'ids'")
         missing = {"mu_g", "mu_l", "sentence_mask"} - set(latents[split])
         if missing:
             raise CheckpointError(f"{path}: missing tensors {sorted(missing)}")
@@ -169,7 +200,7 @@ def resolve_data_dir(run: HVAERun, data_dir: str | Path | None) -> Path:
         raise CheckpointError(
             f"{run.root}: its data dir {str(path)!r} is not there; pass --data DIR (the preprocess output it used)"
         )
-    found = json.loads((path / "manifest.json").read_text()).get("fingerprint")
+    found = read_json(path / "manifest.json").get("fingerprint")
     if recorded.get("fingerprint") and found != recorded["fingerprint"]:
         raise CheckpointError(
             f"{path}: data fingerprint {found} differs from {recorded['fingerprint']} recorded by {run.root}"
@@ -191,12 +222,23 @@ def build_arrays(config: Config, run: HVAERun, data_dir: Path, mean: torch.Tenso
     return arrays, encoder.spec_fields, texts
 
 
-def batch_at(arrays: dict[str, Any], index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
-    """The index-th batch: a seeded permutation per epoch, as in train-hvae."""
+def batch_at(
+    arrays: dict[str, Any], index: int, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1
+) -> tuple[dict[str, torch.Tensor], Share]:
+    """The index-th batch (a seeded permutation per epoch, as in train-hvae): this process's share of it."""
     n = len(arrays["ids"])
     epoch, k = divmod(index, math.ceil(n / batch_size))
-    rows = torch.from_numpy(_epoch_order(n, seed, epoch)[k * batch_size : (k + 1) * batch_size].copy())
-    return {name: arrays[name][rows] for name in KEYS}
+    share = share_of(_epoch_order(n, seed, epoch)[k * batch_size : (k + 1) * batch_size], process_index, num_processes)
+    rows = torch.from_numpy(share.rows.copy())
+    return {name: arrays[name][rows] for name in KEYS}, share
+
+
+def whole_batch(arrays: dict[str, Any], share: Share, device) -> WholeBatch | None:
+    """The step's whole batch of gold latents, where rivals come from when this process has only part of it."""
+    if share.total == len(share.rows):
+        return None
+    rows = torch.from_numpy(share.batch.copy())
+    return arrays["y"][rows].to(device), arrays["slot_mask"][rows].to(device), share.part
 
 
 # --------------------------------------------------------------------------------------- training
@@ -232,7 +274,6 @@ def train_ebt(
 ) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     tc = config.train_ebt
     run = load_hvae_run(hvae_dir)
@@ -240,6 +281,8 @@ def train_ebt(
     out = Path(out)
     if resume and (out / "model" / "config.json").is_file():
         _check_same_hvae(out, run)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
+    check_launch(accelerator, "train_ebt", tc.batch_size, tc.mixed_precision)
     out, replaced = prepare_run_dir(out, config, resume, overwrite, ("ebt", "train_ebt"), RESUMABLE_CHANGES)
     mean, std = latent_statistics(run.latents["train"])
     arrays, spec_fields, texts = build_arrays(config, run, data_path, mean, std)
@@ -247,7 +290,6 @@ def train_ebt(
         raise ConfigError(f"{run.root}: the train split has {len(arrays['train']['ids'])} answers; need >= 2")
     spec = EBTSpec(latent_dim=run.latent_dim, num_slots=run.num_slots, hvae_run=run.fingerprint, **spec_fields)
 
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
     set_seed(tc.seed)
     model = build_model(config, spec)
     model.set_latent_stats(mean, std)
@@ -255,7 +297,12 @@ def train_ebt(
         model.log_step_size.data.fill_(math.log(tc.step_size))
     optimizer = torch.optim.AdamW(param_groups(model, tc), weight_decay=tc.weight_decay)
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # Not wrapped in DDP: the objectives call `condition`/`energy` (and differentiate the energy), which the
+    # wrapper's forward hooks never see; the gradients are averaged explicitly instead (average_gradients).
+    # Every process built the same weights from the shared seed.
+    model = model.to(accelerator.device)
+    optimizer = accelerator.prepare(optimizer)
+    seed_process(tc.seed, accelerator)
     replay = ReplayBuffer(
         tc.replay_capacity,
         (spec.num_slots, spec.latent_dim),
@@ -263,27 +310,26 @@ def train_ebt(
         generator=torch.Generator().manual_seed(tc.seed),
     )
     state_dir = out / "trainer_state"
-    step = 0
-    if resume and (state_dir / "state.json").is_file():
-        load_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
-        state = load_trainer_state(state_dir, optimizer, scheduler)
-        step = int(state["step"])
-        replay.load_state_dict(_load_replay(state_dir, state))
+    saved = load_checkpoint(state_dir, accelerator, model, optimizer, scheduler) if resume else None
+    if saved is not None:
+        replay.load_state_dict(_load_replay(state_dir, saved))
+    start = LoopState.from_dict(saved)
+    if resume and accelerator.is_main_process:
+        trim_metrics(out / "metrics.jsonl", start.step)
     wandb_run = init_wandb(tc.report_to, "train_ebt", config, out, "train-ebt") if accelerator.is_main_process else None
     alpha_bar = cosine_alpha_bar(config.ebt.num_landscapes)
     hvae, tokenizer = _decoder_for_samples(run, tc)
 
-    def save(step: int) -> None:
+    def save(step: int, loop_state: dict[str, Any]) -> None:
         replay_tensors, replay_meta = _replay_files(replay)
-        save_trainer_state(state_dir, optimizer, scheduler, {"step": step, "seed": tc.seed, "replay": replay_meta})
-        save_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
-        from safetensors.torch import save_file
-
-        save_file(replay_tensors, str(state_dir / "replay.safetensors"))
+        state = {**loop_state, "seed": tc.seed, "replay": replay_meta}
+        save_checkpoint(state_dir, accelerator, model, optimizer, scheduler, state, {REPLAY_FILE: replay_tensors})
 
     def evaluate(step: int, train_stats: dict[str, float]) -> dict[str, Any]:
+        metrics = {"step": step, **mean_over_processes(train_stats, accelerator)}
+        if not accelerator.is_main_process:  # the others go on to the next step and wait for it there
+            return metrics
         unwrapped = accelerator.unwrap_model(model)
-        metrics = {"step": step, **train_stats}
         metrics.update(diagnostics(unwrapped, arrays["val"], tc, config, texts["val"], hvae, tokenizer))
         with (out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -293,69 +339,82 @@ def train_ebt(
             on_eval(metrics)
         return metrics
 
-    started, stopped, metrics, last_saved, window = time.perf_counter(), "done", {}, step, []
-    bar = tqdm(total=tc.steps, initial=step, desc=f"train-ebt ({tc.objective})", disable=not progress)
-    model.train()
-    while step < tc.steps:
-        batch = batch_at(arrays["train"], step, tc.batch_size, tc.seed)
+    def train_step(step: int) -> StepOutput:
+        batch, share = batch_at(
+            arrays["train"], step, tc.batch_size, tc.seed, accelerator.process_index, accelerator.num_processes
+        )
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
+        gen = torch.Generator().manual_seed(process_seed(tc.seed * 1_000_003 + step, accelerator.process_index))
+        whole = whole_batch(arrays["train"], share, accelerator.device)
         with accelerator.autocast():
-            output = _objective(accelerator.unwrap_model(model), batch, tc, replay, alpha_bar, gen)
-        check_finite(output.loss, step, last_saved, "train_ebt", tc.lr_backbone)
+            output = _objective(model, batch, tc, replay, alpha_bar, gen, share, whole)
         accelerator.backward(output.loss)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        check_finite(grad_norm, step, last_saved, "train_ebt", tc.lr_backbone, what="gradient norm")
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        if output.refined is not None:
-            replay.push(output.refined.cpu(), batch["slot_mask"].cpu())
-        step += 1
-        bar.update(1)
-        window.append({"loss": output.loss.item(), **output.parts})
-        bar.set_postfix(loss=f"{window[-1]['loss']:.3f}")
-        out_of_time = tc.max_seconds is not None and time.perf_counter() - started > tc.max_seconds
-        if step % tc.eval_every == 0 or step == tc.steps or out_of_time:
-            metrics = evaluate(step, {f"train_{k}": float(np.mean([w[k] for w in window])) for k in window[0]})
-            window = []
-        if step % tc.save_every == 0 or step == tc.steps or out_of_time:
-            save(step)
-            last_saved = step
-        if out_of_time:
-            stopped = "time budget"
-            break
-    bar.close()
+        average_gradients(model.parameters(), accelerator)
 
-    accelerator.unwrap_model(model).save_pretrained(out / "model")
-    manifest = base_manifest("qa-ebm/ebt-run", config, step, stopped, metrics, time.perf_counter() - started)
-    manifest["hvae"] = {"dir": str(run.root.resolve()), "fingerprint": run.fingerprint}
-    manifest["data"] = {"dir": str(data_path.resolve())}
-    write_json(out / "manifest.json", manifest)
+        def push_refined() -> None:  # only an applied step's samples: a skipped step's may be non-finite
+            # every process keeps the whole batch's, so the buffers stay equal
+            replay.push(gather_rows(output.refined, accelerator), gather_rows(batch["slot_mask"], accelerator))
+
+        return StepOutput(
+            loss=output.loss.detach(),
+            stats={"loss": output.loss.item(), **output.parts},
+            inputs=batch,
+            after_update=push_refined if output.refined is not None else None,
+        )
+
+    started = time.perf_counter()
+    model.train()
+    loop = TrainingLoop(
+        LoopSettings.from_config(tc, "train_ebt", lr_key="lr_backbone"),
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        train_step,
+        save,
+        evaluate,
+        checkpoint_dir=state_dir,
+        oom_advice=f"with train_ebt.batch_size={tc.batch_size}; "
+        f"try --set train_ebt.batch_size={max(1, tc.batch_size // 2)}",
+        desc=f"train-ebt ({tc.objective})",
+        progress=progress,
+    )
+    result = loop.run(start)
+    step, stopped, metrics = result.step, result.stopped, result.metrics
+
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(out / "model")
+        manifest = base_manifest("qa-ebm/ebt-run", config, step, stopped, metrics, time.perf_counter() - started)
+        manifest["hvae"] = {"dir": str(run.root.resolve()), "fingerprint": run.fingerprint}
+        manifest["data"] = {"dir": str(data_path.resolve())}
+        write_json(out / "manifest.json", manifest)
     if wandb_run is not None:
         wandb_run.finish()
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
+    remove_replaced(replaced)  # the new run is complete: drop the old one
     return TrainResult(out=out, step=step, stopped=stopped, metrics=metrics)
 
 
-def _objective(model, batch, tc: TrainEBTConfig, replay: ReplayBuffer, alpha_bar, gen) -> ObjectiveOutput:
+def _objective(
+    model, batch, tc: TrainEBTConfig, replay: ReplayBuffer, alpha_bar, gen, share: Share, whole: WholeBatch | None
+) -> ObjectiveOutput:
     cond = model.condition(batch["x"], batch["x_mask"])
     gold, slot_mask = batch["y"], batch["slot_mask"]
     if tc.objective == "regress":
         return regress_objective(model, cond, gold, slot_mask)
     if tc.objective == "ired":
-        return ired_objective(model, cond, gold, slot_mask, alpha_bar, tc, gen, RIVALS)
+        return ired_objective(model, cond, gold, slot_mask, alpha_bar, tc, gen, RIVALS, whole)
 
     def noise(n: int, generator: torch.Generator | None) -> torch.Tensor:
         return torch.randn((n, *gold.shape[1:]), generator=generator)
 
-    y0 = replay.sample(len(gold), noise, device=gold.device).y
-    return mcmc_objective(model, cond, gold, slot_mask, y0, tc, gen, RIVALS)
+    # Start points are drawn for the global batch and each process takes its part, so that they do not
+    # depend on the number of processes.
+    y0 = replay.sample(share.total, noise, device=gold.device).y[share.part]
+    return mcmc_objective(model, cond, gold, slot_mask, y0, tc, gen, RIVALS, whole)
 
 
 def _check_same_hvae(out: Path, run: HVAERun) -> None:
-    recorded = json.loads((out / "model" / "config.json").read_text()).get("spec", {}).get("hvae_run")
+    recorded = read_json(out / "model" / "config.json").get("spec", {}).get("hvae_run")
     if recorded and recorded != run.fingerprint:
         raise CheckpointError(
             f"{out}: trained on HVAE latents {recorded}, but {run.root} has {run.fingerprint}; "
@@ -371,10 +430,14 @@ def _replay_files(replay: ReplayBuffer) -> tuple[dict[str, torch.Tensor], dict[s
 
 
 def _load_replay(state_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
-    path = state_dir / "replay.safetensors"
+    path = state_dir / REPLAY_FILE
     if not path.is_file():
-        raise CheckpointError(f"{state_dir}: no replay.safetensors; the trainer state is incomplete")
-    return {**load_file(str(path)), **state.get("replay", {})}
+        raise CheckpointError(f"{state_dir}: no {REPLAY_FILE}; the trainer state is incomplete")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    return {**tensors, **state.get("replay", {})}
 
 
 # --------------------------------------------------------------------------------------- diagnostics

@@ -41,8 +41,18 @@ from qa_ebm.errors import ConfigError
 from qa_ebm.io import write_json
 from qa_ebm.models.hvae import HVAE, TokenSpec
 from qa_ebm.models.pretrained import causal_lm_identity
-from qa_ebm.training.checkpoint import load_module, load_trainer_state, save_module, save_trainer_state
-from qa_ebm.training.runs import TrainingError, base_manifest, check_finite, init_wandb, prepare_run_dir
+from qa_ebm.training.distributed import check_launch, mean_over_processes, seed_process, share_of
+from qa_ebm.training.loop import LoopSettings, LoopState, StepOutput, TrainingLoop
+from qa_ebm.training.runs import (
+    TrainingError,  # noqa: F401  (callers catch it from here)
+    base_manifest,
+    init_wandb,
+    load_checkpoint,
+    prepare_run_dir,
+    remove_replaced,
+    save_checkpoint,
+    trim_metrics,
+)
 from qa_ebm.training.schedules import kl_beta, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -50,7 +60,16 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 BATCH_KEYS = ("input_ids", "token_mask", "sentence_mask")  # the model's inputs, in its argument order
 # Settings that may change on --resume (they do not change what a step computes).
-RESUMABLE_CHANGES = {"steps", "max_seconds", "eval_every", "save_every", "report_to", "num_samples"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "max_seconds",
+    "eval_every",
+    "save_every",
+    "report_to",
+    "num_samples",
+    "nonfinite",
+    "max_nonfinite_skips",
+}
 
 
 @dataclass
@@ -100,12 +119,13 @@ def train_hvae(
 ) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     tc = config.train_hvae
     data = load_processed(data_dir)
     check_tokenizer_matches_decoder(data.manifest["tokenizer"], config.hvae.decoder, config.hvae.gguf_file)
     spec = token_spec(data)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum)
+    check_launch(accelerator, "train_hvae", tc.batch_size, tc.mixed_precision)
     out, replaced = prepare_run_dir(Path(out), config, resume, overwrite, ("hvae", "train_hvae"), RESUMABLE_CHANGES)
     answers = {split: data.answer_arrays(split) for split in SPLITS}
     train, val = answers["train"], answers["val"]
@@ -118,30 +138,29 @@ def train_hvae(
     if config.hvae.word_encoder != "scratch":  # frozen pretrained word level: embed every sentence once
         spec = add_sentence_vectors(config.hvae.word_encoder, data, spec, answers, train)
 
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum)
     set_seed(tc.seed)
     model = HVAE(config.hvae, spec)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
+    seed_process(tc.seed, accelerator)
     state_dir = out / "trainer_state"
-    step = 0
-    if resume and (state_dir / "state.json").is_file():
-        load_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
-        step = int(load_trainer_state(state_dir, optimizer, scheduler)["step"])
+    saved = load_checkpoint(state_dir, accelerator, model, optimizer, scheduler) if resume else None
+    start = LoopState.from_dict(saved)
+    if resume and accelerator.is_main_process:
+        trim_metrics(out / "metrics.jsonl", start.step)
     wandb_run = None
     if accelerator.is_main_process:
         wandb_run = init_wandb(tc.report_to, "train_hvae", config, out, "train-hvae")
 
-    def save(step: int) -> None:
-        if accelerator.is_main_process:
-            save_trainer_state(state_dir, optimizer, scheduler, {"step": step, "seed": tc.seed})
-            save_module(accelerator.unwrap_model(model), state_dir / "model.safetensors")
-        accelerator.wait_for_everyone()
+    def save(step: int, loop_state: dict[str, Any]) -> None:
+        save_checkpoint(state_dir, accelerator, model, optimizer, scheduler, {**loop_state, "seed": tc.seed})
 
     def evaluate(step: int, train_stats: dict[str, float]) -> dict[str, Any]:
-        metrics = {"step": step, **train_stats, **diagnostics(accelerator.unwrap_model(model), val, tc, tokenizer)}
-        if accelerator.is_main_process:
+        train_stats = mean_over_processes(train_stats, accelerator)
+        metrics = {"step": step, **train_stats}
+        if accelerator.is_main_process:  # the others go on to the next step and wait for it there
+            metrics.update(diagnostics(accelerator.unwrap_model(model), val, tc, tokenizer))
             with (out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
             if wandb_run is not None:
@@ -158,66 +177,56 @@ def train_hvae(
         decrease_start=tc.beta_decrease_start,
         beta_final=tc.beta_final,
     )
-    started, stopped, metrics = time.perf_counter(), "done", {}
-    last_saved = step
-    window: list[dict[str, float]] = []
-    bar = tqdm(total=tc.steps, initial=step, desc="train-hvae", disable=not progress or not accelerator.is_main_process)
-    model.train()
-    while step < tc.steps:
+
+    def train_step(step: int) -> StepOutput:
         beta_g, beta_l = kl_schedule(step, beta_max=tc.beta_g), kl_schedule(step, beta_max=tc.beta_l)
+        losses, inputs = [], {}
         for micro in range(tc.grad_accum):
             batch = batch_at(train, step * tc.grad_accum + micro, tc.batch_size, tc.seed, accelerator)
             with accelerator.accumulate(model):
-                try:
-                    output = model(
-                        **batch,
-                        beta_g=beta_g,
-                        beta_l=beta_l,
-                        free_bits=tc.free_bits,
-                        free_bits_per_dim=tc.free_bits_per_dim,
-                        word_dropout_encoder=tc.word_dropout_encoder,
-                        word_dropout_decoder=tc.word_dropout_decoder,
-                        count_loss_weight=tc.count_loss_weight,
-                    )
-                    check_finite(output.loss, step, last_saved, "train_hvae", tc.lr)
-                    accelerator.backward(output.loss / tc.grad_accum)
-                except torch.OutOfMemoryError as e:
-                    raise TrainingError(
-                        f"out of memory at step {step} with train_hvae.batch_size={tc.batch_size}; try "
-                        f"--set train_hvae.batch_size={max(1, tc.batch_size // 2)} "
-                        f"--set train_hvae.grad_accum={tc.grad_accum * 2}"
-                    ) from e
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        check_finite(grad_norm, step, last_saved, "train_hvae", tc.lr, what="gradient norm")
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        step += 1
-        bar.update(1)
-        window.append(
-            {
-                "loss": output.loss.item(),
-                "token_nll": output.token_nll.item(),
-                "kl_g": output.kl_g.item(),
-                "kl_l": output.kl_l.item(),
-                "beta_g": beta_g,
-                "beta_l": beta_l,
-                "lr": scheduler.get_last_lr()[0],
-            }
-        )
-        bar.set_postfix(loss=f"{window[-1]['loss']:.2f}", nll=f"{window[-1]['token_nll']:.2f}")
-        out_of_time = tc.max_seconds is not None and time.perf_counter() - started > tc.max_seconds
-        if step % tc.eval_every == 0 or step == tc.steps or out_of_time:
-            train_stats = {f"train_{k}": float(np.mean([w[k] for w in window])) for k in window[0]}
-            metrics = evaluate(step, train_stats)
-            window = []
-        if step % tc.save_every == 0 or step == tc.steps or out_of_time:
-            save(step)
-            last_saved = step
-        if out_of_time:
-            stopped = "time budget"
-            break
-    bar.close()
+                output = model(
+                    **batch,
+                    beta_g=beta_g,
+                    beta_l=beta_l,
+                    free_bits=tc.free_bits,
+                    free_bits_per_dim=tc.free_bits_per_dim,
+                    word_dropout_encoder=tc.word_dropout_encoder,
+                    word_dropout_decoder=tc.word_dropout_decoder,
+                    count_loss_weight=tc.count_loss_weight,
+                )
+                accelerator.backward(output.loss)  # divides by grad_accum itself
+            losses.append(output.loss.detach())
+            inputs.update({k if tc.grad_accum == 1 else f"{k} (micro-batch {micro})": v for k, v in batch.items()})
+        stats = {
+            "loss": output.loss.item(),
+            "token_nll": output.token_nll.item(),
+            "kl_g": output.kl_g.item(),
+            "kl_l": output.kl_l.item(),
+            "beta_g": beta_g,
+            "beta_l": beta_l,
+        }
+        return StepOutput(loss=torch.stack(losses), stats=stats, inputs=inputs)
+
+    started = time.perf_counter()
+    model.train()
+    loop = TrainingLoop(
+        LoopSettings.from_config(tc, "train_hvae"),
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        train_step,
+        save,
+        evaluate,
+        checkpoint_dir=state_dir,
+        oom_advice=f"with train_hvae.batch_size={tc.batch_size}; try "
+        f"--set train_hvae.batch_size={max(1, tc.batch_size // 2)} --set train_hvae.grad_accum={tc.grad_accum * 2}",
+        desc="train-hvae",
+        show=("loss", "token_nll"),
+        progress=progress,
+    )
+    result = loop.run(start)
+    step, stopped, metrics = result.step, result.stopped, result.metrics
 
     if accelerator.is_main_process:
         hvae = accelerator.unwrap_model(model)
@@ -231,9 +240,7 @@ def train_hvae(
         )
     if wandb_run is not None:
         wandb_run.finish()
-    accelerator.wait_for_everyone()
-    if replaced is not None and accelerator.is_main_process:  # the new run is complete: drop the old one
-        shutil.rmtree(replaced, ignore_errors=True)
+    remove_replaced(replaced)  # the new run is complete: drop the old one
     return TrainResult(out=out, step=step, stopped=stopped, metrics=metrics)
 
 
@@ -260,14 +267,14 @@ def batch_at(
     """The `index`-th batch of the run: a pure function of (seed, index), so a resumed run sees the same data.
 
     Each epoch is a permutation drawn from a generator seeded with (seed, epoch). With several
-    processes, each takes every world_size-th example of the batch.
+    processes, `batch_size` is the global batch and each process takes its block of it (`share_of`).
     """
     n = len(arrays["ids"])
     epoch, k = divmod(index, math.ceil(n / batch_size))
     rows = _epoch_order(n, seed, epoch)[k * batch_size : (k + 1) * batch_size]
     device = torch.device("cpu")
     if accelerator is not None:
-        rows = rows[accelerator.process_index :: accelerator.num_processes]
+        rows = share_of(rows, accelerator.process_index, accelerator.num_processes).rows
         device = accelerator.device
     return {name: torch.from_numpy(arrays[name][rows]).to(device) for name in batch_keys(arrays)}
 

@@ -47,7 +47,7 @@ from qa_ebm.metrics.squad import exact_match, squad_scores
 from qa_ebm.metrics.squad import f1 as squad_f1
 from qa_ebm.models.answer_encoder import AnswerEncoder
 from qa_ebm.models.ebt import EBTSpec, energy_gradient
-from qa_ebm.reading.decision import calibrate, calibrate_no_answer, decide
+from qa_ebm.reading.decision import NO_ANSWER_SIGNALS, calibrate, calibrate_no_answer, decide
 from qa_ebm.reading.energy import (
     LatentEncoder,
     QuestionCandidates,
@@ -58,6 +58,7 @@ from qa_ebm.reading.energy import (
     attach_latents,
     collate_candidates,
     encode_windows,
+    null_scores,
     pad_per_question,
     propose_candidates,
     rank_energies,
@@ -155,6 +156,7 @@ class PreparedQuestions:
 
     items: list[QuestionCandidates]
     states: WindowEncoding
+    nulls: list[float]  # per question, the proposal head's null score s_null (``reading.energy.null_scores``)
 
 
 def _check_examples(examples: Sequence[Mapping[str, Any]], where: str) -> None:
@@ -209,7 +211,8 @@ def _prepare(
     else:
         cands, golds = propose_candidates(windows, enc, cfg.top_k, cfg.max_answer_tokens), None
     enc.drop_unused({c.window for cs in cands for c in cs})
-    return PreparedQuestions(attach_latents(encode, model, cands, golds, progress=progress), enc)
+    items = attach_latents(encode, model, cands, golds, progress=progress)
+    return PreparedQuestions(items, enc, null_scores(windows, enc))
 
 
 def _step_loss(
@@ -282,23 +285,29 @@ def evaluate_rankings(
 
 def _calibrate_no_answer(
     model: SpanEnergy,
-    items: Sequence[QuestionCandidates],
+    prepared: PreparedQuestions,
     scored: Sequence[SpanEnergies],
     examples: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """The no-answer threshold of the best v2 F1 on val, with the model's decision rule, and its v2 scores."""
+    """The no-answer signal and threshold of the best v2 F1 on val (``decision.NO_ANSWER_SIGNALS``), with the
+    model's decision rule, their v2 scores, and the best F1 of every signal tried (``energy`` wins ties)."""
     cfg = model.config
-    energies, span_f1, answerable = [], [], []
-    for it, e, ex in zip(items, scored, examples, strict=True):
+    signals: dict[str, list[float]] = {name: [] for name in NO_ANSWER_SIGNALS}
+    span_f1, answerable = [], []
+    for it, e, null, ex in zip(prepared.items, scored, prepared.nulls, examples, strict=True):
         if not len(it):
             continue  # no candidate span: answered "no answer" whatever the threshold
         texts = [c.text for c in it.candidates]
         k = decide(texts, e.total, cfg.decision, cfg.temperature)[0]
-        energies.append(float(e.total[k]))
+        signals["energy"].append(float(e.total[k]))
+        signals["null_margin"].append(null - max(c.score for c in it.candidates))
         answerable.append(not ex.get("is_impossible", False))
         span_f1.append(squad_f1(texts[k], list(ex.get("references") or [])) if answerable[-1] else 0.0)
-    threshold, scores = calibrate_no_answer(energies, span_f1, answerable)
-    return {"threshold": threshold, **scores}
+    tried = {name: calibrate_no_answer(values, span_f1, answerable) for name, values in signals.items()}
+    best = max(NO_ANSWER_SIGNALS, key=lambda name: tried[name][1].get("f1", 0.0))  # first (energy) on ties
+    threshold, scores = tried[best]
+    f1_by_signal = {name: t[1].get("f1") for name, t in tried.items()}
+    return {"signal": best, "threshold": threshold, **scores, "f1_by_signal": f1_by_signal}
 
 
 def train_span_energy(
@@ -412,13 +421,14 @@ def train_span_energy(
         has = [q for q, ex in enumerate(val_examples) if not ex.get("is_impossible", False)]
         refs = [list(val_examples[q].get("references") or [val_examples[q]["answer"]]) for q in has]
         scored = rank_energies(model, val.states.states, val.items, tc.batch_size)  # every val question, once
-        answerable = PreparedQuestions([val.items[q] for q in has], val.states)
+        answerable = PreparedQuestions([val.items[q] for q in has], val.states, [val.nulls[q] for q in has])
         metrics["val"] = evaluate_rankings(model, answerable, refs, tc.batch_size, [scored[q] for q in has])
         # The decision rule is a setting, chosen here on val and saved with the model's config.
         model.config.decision = metrics["val"]["decision"]["rule"]
         model.config.temperature = metrics["val"]["decision"]["temperature"]
         if len(has) < len(val_examples):  # SQuAD v2: unanswerable questions in val set the no-answer threshold
-            metrics["val"]["no_answer"] = _calibrate_no_answer(model, val.items, scored, val_examples)
+            metrics["val"]["no_answer"] = _calibrate_no_answer(model, val, scored, val_examples)
+            model.config.no_answer_signal = metrics["val"]["no_answer"]["signal"]
             model.config.no_answer_threshold = metrics["val"]["no_answer"]["threshold"]
     return SpanTrainResult(
         model=model,
