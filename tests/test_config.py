@@ -79,3 +79,15 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match=r"expected KEY\.PATH=VALUE"):
         load_config(None, ["data.max_words"])
+
+
+def test_pretrained_decoder_settings_are_validated():
+    assert load_config(None, ["hvae.decoder=smollm2", "hvae.freeze_decoder=true"]).hvae.freeze_decoder is True
+    with pytest.raises(ConfigError, match=r"freeze_decoder=true needs a pretrained decoder.*scratch-gpt2"):
+        load_config(None, ["hvae.decoder=scratch-gpt2", "hvae.freeze_decoder=true"])
+    with pytest.raises(ConfigError, match=r"hvae.gguf_file='model.bin' must be a .gguf file"):
+        load_config(None, ["hvae.decoder=/models/lm", "hvae.gguf_file=model.bin"])
+    with pytest.raises(ConfigError, match=r"scratch decoders are scratch-gpt2 and scratch-bart"):
+        load_config(None, ["hvae.decoder=scratch-llama"])
+    with pytest.raises(ConfigError, match=r"freeze_decoder.*bool"):
+        load_config(None, ["hvae.freeze_decoder=sometimes"])

@@ -305,3 +305,77 @@ def test_without_kl_pressure_the_decoder_reads_z_and_reconstructs_exactly():
     with torch.no_grad():
         shuffled = torch.roll(torch.arange(8), 1)  # every answer gets another answer's latent
         assert nll(post.mu_g[shuffled], post.mu_l[shuffled]) > 10 * nll(post.mu_g, post.mu_l)
+
+
+# ----------------------------------------------------------------------------- pretrained, frozen decoder
+
+
+@pytest.fixture(scope="module")
+def pretrained_lm_dir(tmp_path_factory):
+    """A small LlamaForCausalLM saved like a Hub model: stands in for SmolLM2 (also Llama, tied embeddings)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=SPEC.vocab_size - 2,  # the data's tokenizer added PAD / MASK: the decoder is resized
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        tie_word_embeddings=True,
+        initializer_range=0.5,  # a random LM at the usual 0.02 barely reacts to its inputs: nothing to steer
+    )
+    d = tmp_path_factory.mktemp("lm") / "small-llama"
+    LlamaForCausalLM(config).save_pretrained(d)
+    return d
+
+
+def _train(model: HVAE, steps: int, lr: float = 3e-3) -> list[float]:
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr)
+    x, losses = batch(), []
+    for _ in range(steps):
+        out = model(**x, beta_g=0.1, beta_l=0.1)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.token_nll.item())
+    return losses
+
+
+def test_frozen_decoder_keeps_its_weights_while_the_rest_learns(pretrained_lm_dir):
+    model = tiny(str(pretrained_lm_dir), freeze_decoder=True)
+    lm_before = {k: v.clone() for k, v in model.decoder.lm.state_dict().items()}
+    rest_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("decoder.lm.")}
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert not trainable & {id(p) for p in model.decoder.lm.parameters()}  # the optimiser never sees the LM
+    assert {id(p) for p in model.decoder.to_prefix.parameters()} <= trainable
+    assert {id(p) for p in model.plan.parameters()} | {id(p) for p in model.q_global.parameters()} <= trainable
+
+    losses = _train(model, 40)
+    assert losses[-1] < 0.8 * losses[0]  # token NLL: only the latent -> prefix path can have lowered it
+    for k, v in model.decoder.lm.state_dict().items():
+        assert torch.equal(v, lm_before[k]), k
+    changed = [k for k, v in model.state_dict().items() if k in rest_before and not torch.equal(v, rest_before[k])]
+    assert "decoder.to_prefix.weight" in changed and "q_global.weight" in changed
+
+
+def test_unfrozen_pretrained_decoder_is_fine_tuned(pretrained_lm_dir):
+    model = tiny(str(pretrained_lm_dir), freeze_decoder=False)
+    embeddings = model.decoder.lm.get_input_embeddings().weight.detach().clone()
+    assert {id(p) for p in model.decoder.lm.parameters()} <= {id(p) for p in model.trainable_parameters()}
+    _train(model, 3)
+    assert not torch.equal(model.decoder.lm.get_input_embeddings().weight, embeddings)
+
+
+def test_frozen_pretrained_decoder_round_trip_is_bit_exact(tmp_path, pretrained_lm_dir):
+    model = tiny(str(pretrained_lm_dir), freeze_decoder=True)
+    _train(model, 2)
+    model.eval().save_pretrained(tmp_path / "m")
+    loaded = HVAE.from_pretrained(tmp_path / "m").eval()  # rebuilt from the saved LM config: no source dir
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert [p.requires_grad for p in loaded.parameters()] == [p.requires_grad for p in model.parameters()]
+    x = batch()
+    assert loaded.reconstruct(**x) == model.reconstruct(**x)

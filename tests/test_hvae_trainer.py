@@ -286,3 +286,43 @@ def test_pretrained_word_level_trains_exports_and_encodes_text(data_dir, tmp_pat
     text_of = dict(zip(val["id"], val["answer"], strict=True))
     y, _ = AnswerEncoder.from_run(out)([text_of[i] for i in ids])
     torch.testing.assert_close(y[:, 0], exported["mu_g"][:3], atol=1e-3, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def pretrained_lm_dir(tmp_path_factory) -> Path:
+    """A Hub-style model dir, tokenizer included (a byte-level BPE and a small Llama): stands in for SmolLM2."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    texts = [line for line in (ROOT / "data" / "physics_sample.jsonl").open()]  # raw JSON lines: enough bytes
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)
+    d = tmp_path_factory.mktemp("lm") / "small-llama"
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    lm_config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    LlamaForCausalLM(lm_config).save_pretrained(d)
+    return d
+
+
+def test_frozen_pretrained_decoder_is_left_out_of_the_optimizer(pretrained_lm_dir, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    overrides = ["data.tokenizer.kind=hf", f"data.tokenizer.name={pretrained_lm_dir}"]
+    data = tmp_path / "data"
+    preprocess(config(*overrides), data, physics=str(ROOT / "data" / "physics_sample.jsonl"))
+    with pytest.raises(ConfigError, match="tokenizer mismatch"):
+        train_hvae(config(*overrides, "hvae.decoder=gpt2"), data, tmp_path / "x", progress=False)
+    frozen = config(*overrides, f"hvae.decoder={pretrained_lm_dir}", "hvae.freeze_decoder=true")
+    result = train_hvae(frozen, data, tmp_path / "run", progress=False)
+
+    model = HVAE.from_pretrained(result.out / "model")
+    optimizer = json.loads((result.out / "trainer_state" / "optimizer.json").read_text())
+    assert sum(len(g["params"]) for g in optimizer["param_groups"]) == len(model.trainable_parameters())
+    assert len(model.trainable_parameters()) < len(list(model.parameters()))
+    source = LlamaForCausalLM.from_pretrained(pretrained_lm_dir).state_dict()
+    for name, value in model.decoder.lm.state_dict().items():  # the PAD / MASK rows were added on top
+        assert torch.equal(value[: source[name].shape[0]], source[name]), name

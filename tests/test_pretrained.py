@@ -62,3 +62,21 @@ def test_unknown_hub_id_offline_says_the_hub_is_offline(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read at call time by huggingface_hub and transformers
     with pytest.raises(CheckpointError, match=r"Hub is offline.*local\s+model directory"):
         load_encoder("no-such-org/no-such-encoder")
+
+
+def test_causal_lm_names_resolve_to_a_directory_and_gguf_file(tmp_path, monkeypatch):
+    gguf = tmp_path / "lm" / "Small.Q4.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")
+    assert pretrained.resolve_causal_lm(str(gguf)) == (str(gguf.parent), "Small.Q4.gguf")
+    assert pretrained.resolve_causal_lm(str(gguf.parent), "Small.Q4.gguf") == (str(gguf.parent), "Small.Q4.gguf")
+    assert pretrained.resolve_causal_lm("gpt2") == ("gpt2", None)
+    # two spellings of one LM are the same LM (the tokenizer check of train-hvae relies on it)
+    identity = pretrained.causal_lm_identity
+    assert identity(str(gguf)) == identity(str(gguf.parent), "Small.Q4.gguf") == "Small.Q4.gguf"
+    assert identity("gpt2") != identity(str(gguf))
+    import qa_ebm.metrics.text as text
+
+    monkeypatch.setattr(text, "smollm2_gguf", lambda: (str(gguf.parent), gguf.name))
+    assert pretrained.resolve_causal_lm("smollm2") == (str(gguf.parent), gguf.name)
+    assert identity("smollm2") == identity(str(gguf))

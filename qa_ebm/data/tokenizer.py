@@ -128,12 +128,16 @@ class HFTokenizer:
 
     @classmethod
     def from_pretrained(cls, name: str) -> HFTokenizer:
-        """`name` is a Hub id (`gpt2`) or a local directory; no remote code is ever run."""
+        """`name` is a Hub id (`gpt2`), a local directory, a `.gguf` file or a packaged GGUF alias
+        (`smollm2`, see `resolve_causal_lm`: the tokenizer a GGUF decoder reads); no remote code is ever run."""
         from transformers import AutoTokenizer
 
-        local = Path(name).expanduser()
+        from qa_ebm.models.pretrained import resolve_causal_lm
+
+        path, gguf_file = resolve_causal_lm(name)
+        local = Path(path)
         try:
-            tok = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else name, trust_remote_code=False)
+            tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file, trust_remote_code=False)
         except (OSError, ValueError) as e:
             hint = (
                 ""

@@ -154,7 +154,7 @@ class AutoregressiveBaseline(nn.Module):
         spec.validate()
         self.spec = spec
         fit_positions(lm, spec.max_length)
-        self.lm = lm
+        self.lm = lm.requires_grad_(True)  # fine-tuned whole, also when the HVAE kept it frozen (hvae.freeze_decoder)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> BaselineOutput:
         logits = self.lm(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)

@@ -199,13 +199,15 @@ def build_decoder(cfg: HVAEConfig, spec: TokenSpec, lm_config: dict | None = Non
 def _pretrained_lm(cfg: HVAEConfig, spec: TokenSpec) -> nn.Module:
     from transformers import AutoModelForCausalLM, BartForCausalLM
 
-    local = Path(cfg.decoder).expanduser()
-    name = str(local) if local.exists() else cfg.decoder
+    from qa_ebm.models.pretrained import resolve_causal_lm
+
+    name, gguf_file = resolve_causal_lm(cfg.decoder, cfg.gguf_file)
+    local = Path(name)
     try:
         if "bart" in name.lower():
             lm = BartForCausalLM.from_pretrained(name, trust_remote_code=False)
-        else:
-            lm = AutoModelForCausalLM.from_pretrained(name, gguf_file=cfg.gguf_file, trust_remote_code=False)
+        else:  # a GGUF file is dequantised to float32 on load
+            lm = AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf_file, trust_remote_code=False)
     except (OSError, ValueError) as e:
         hint = "" if local.exists() else "; offline? pass a local model directory as hvae.decoder"
         raise ConfigError(f"cannot load decoder {cfg.decoder!r}: {str(e).splitlines()[0]}{hint}") from e
@@ -241,6 +243,12 @@ class HVAE(nn.Module):
         self.count_head = nn.Linear(L, S)
         self.plan = _mlp(2 * L, D, D)
         self.decoder = decoder if decoder is not None else build_decoder(cfg, spec)
+        if cfg.freeze_decoder:  # the prefix projection (decoder.to_prefix) stays trainable
+            self.decoder.lm.requires_grad_(False)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser updates: everything but a frozen decoder LM (hvae.freeze_decoder)."""
+        return [p for p in self.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------------------- encoder
 

