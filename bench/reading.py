@@ -4,9 +4,9 @@ One command trains (or reuses) the reading pipeline of ``pipelines/squad.yaml`` 
 articles in ../shared/data (val and test are whole articles, pinned in that file), then reports:
 
 - the training budget each stage used (seconds, from the pipeline run's own records);
-- EM / F1 on val and test for every row of ``qa-ebm evaluate`` (proposal head alone, E_theta, E_total,
-  expected-F1 decision, refine + snap at 1..20 steps, generate, best-overlap sentence), with questions/s of
-  each row answered in batches of 32;
+- EM / F1 on val and test for every row of ``qa-ebm evaluate`` (proposal head alone, the expected-F1 rule
+  over the proposal scores alone, E_theta, E_total, expected-F1 decision, refine + snap at 1..20 steps,
+  generate, best-overlap sentence), with questions/s of each row answered in batches of 32;
 - the latency of one question answered alone (batch 1, after a warm-up): p50 / p95 for the proposal head
   alone and for the default answer (E_total with the pipeline's decision rule), and the share of the
   answer's time spent in encoding / candidates / energy.
@@ -14,7 +14,8 @@ articles in ../shared/data (val and test are whole articles, pinned in that file
 Settings are chosen on val only (the decision rule is calibrated there by the span_energy stage); test is
 reported beside it.
 
-    python bench/reading.py [--squad PATH] [--run runs/squad] [--latency-questions 100] [--threads 2]
+    python bench/reading.py [--squad PATH] [--run runs/squad] [--set KEY=VALUE ...] [--latency-questions 100]
+                            [--threads 2] [--tag -bf16]
 
 Stages already run with unchanged settings are reused (``qa-ebm pipeline run`` skips them); ``--force``
 retrains. Writes bench/results/reading.json and reading.md.
@@ -66,6 +67,7 @@ def markdown(r: dict) -> str:
     lines = [
         "# Reading mode on real SQuAD v1.1 (pipelines/squad.yaml)\n",
         f"machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']} with {m['threads']} thread(s).\n",
+        f"settings: pipelines/squad.yaml{''.join(f' --set {o}' for o in r.get('overrides', []))}\n",
         f"training: {budget}; {r['train_total_seconds'] / 60:.1f} min in all. "
         f"Decision rule chosen on val: {r['decision']['rule']}, T = {r['decision']['temperature']:g}.\n",
         "| row | val EM | val F1 | test EM | test F1 | test questions/s (batch 32) |",
@@ -97,6 +99,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--force", action="store_true", help="retrain every stage")
     parser.add_argument("--tag", default="", help="suffix for the result file names")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="after the file's `set`"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
@@ -110,6 +115,7 @@ def main() -> int:
     from qa_ebm.pipeline.runner import load_spec, run_pipeline
 
     spec = load_spec(SPEC, inputs={"squad": str(args.squad)}, out=str(args.run))
+    spec.overrides += args.overrides
     run_pipeline(spec, force=args.force)
     record = json.loads((args.run / "pipeline_run.json").read_text())
     train_stages = ("preprocess", "train_hvae", "proposal", "span_energy", "export")
@@ -133,6 +139,7 @@ def main() -> int:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         },
+        "overrides": args.overrides,
         "train_seconds": seconds,
         "train_total_seconds": sum(seconds.values()),
         "decision": {"rule": cfg.decision, "temperature": cfg.temperature},

@@ -376,6 +376,10 @@ class ReadingConfig:
     proposal_batch_size: int = 16
     proposal_lr: float = 1e-4
     proposal_epochs: float = 1.0
+    proposal_group_by_length: bool = False  # batches of windows of similar lengths (less padding, same windows)
+    # bf16: the proposal head's fine-tuning, the window encoding and the energy's training steps under bfloat16
+    # autocast (2x faster on a CPU with AVX512-BF16 or AMX, and on GPUs); answering stays float32
+    mixed_precision: Literal["no", "bf16"] = "no"
     # energy over candidates
     top_k: int = 20  # candidates per question from the proposal head
     energy_max_seconds: float = 300.0
@@ -384,6 +388,7 @@ class ReadingConfig:
     energy_max_questions: int = 3000  # train questions the energy sees (their windows are encoded up front)
     energy_lr: float = 3e-4
     mcmc_coeff: float = 0.1  # weight of the mcmc latent objective beside the candidates' cross-entropy
+    risk_coeff: float = 0.0  # weight of the expected-F1 risk (minimum-risk training) beside the cross-entropy
     use_proposal_score: bool = True  # E_total = E_theta - w * proposal score
     seed: int = 0
 

@@ -50,6 +50,13 @@ def test_calibrate_keeps_lowest_unless_expected_f1_scores_more():
     # When the lowest energy is already right, no temperature beats it and the plain rule stays.
     rule, t, tried = calibrate(texts, energies, [["Edison"], ["1887"]], temperatures=(0.001, 1.0))
     assert rule == "lowest" and tried["lowest"] == 100.0
+    # only_expected_f1: the best temperature of the expected-F1 rule even where lowest scores more.
+    rule, t, tried = calibrate(
+        texts, energies, [["Edison"], ["1887"]], temperatures=(0.001, 1.0), only_expected_f1=True
+    )
+    assert rule == "expected_f1" and tried[f"expected_f1@{t:g}"] == max(
+        tried["expected_f1@0.001"], tried["expected_f1@1"]
+    )
 
 
 def test_bad_rules_and_temperatures_are_config_errors():

@@ -9,12 +9,13 @@ import random
 import pytest
 import torch
 
-from qa_ebm.errors import CheckpointError, DataError
+from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.metrics.squad import squad_scores
 from qa_ebm.models.pretrained import packaged_model_dir
 from qa_ebm.reading.proposal import (
     ProposalConfig,
     SpanProposalHead,
+    length_grouped_order,
     load_proposal_head,
     lr_factor,
     predict,
@@ -144,6 +145,25 @@ def test_head_learns_the_toy_task(tokenizer):
     assert scores["exact_match"] >= 90.0
 
 
+def test_head_learns_the_toy_task_under_bf16_autocast(tokenizer):
+    model = tiny_head(tokenizer)
+    result = train_proposal_head(
+        model,
+        tokenizer,
+        toy_examples(200, seed=0),
+        max_steps=120,
+        epochs=100,
+        batch_size=32,
+        lr=5e-3,
+        mixed_precision="bf16",
+        progress=False,
+    )
+    assert sum(result.losses[-20:]) / 20 < 0.25 * sum(result.losses[:20]) / 20
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a bf16 model
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        train_proposal_head(model, tokenizer, toy_examples(4, seed=0), max_steps=1, mixed_precision="fp16")
+
+
 def test_training_is_deterministic_for_a_seed(tokenizer):
     data = toy_examples(64, seed=0)
 
@@ -165,6 +185,29 @@ def test_time_budget_and_epochs_stop_training(tokenizer):
     assert res.steps == 3 and res.stopped == "epochs" and res.epochs == pytest.approx(1.0)
     with pytest.raises(DataError, match="answer_start"):
         train_proposal_head(tiny_head(tokenizer), tokenizer, [{"question": "q", "context": "c", "answer": "c"}])
+
+
+def test_length_grouped_order_is_a_permutation_of_similar_length_batches():
+    lengths = torch.randint(40, 257, (1000,), generator=torch.Generator().manual_seed(0))
+    order = length_grouped_order(lengths, 16, torch.Generator().manual_seed(1))
+    assert sorted(order.tolist()) == list(range(1000))
+    batches = order.split(16)
+    assert [len(b) for b in batches] == [16] * 62 + [8]  # the short batch stays last: blocks never straddle
+    useful = lengths.sum() / sum(16 * int(lengths[b].max()) for b in batches)
+    random_useful = lengths.sum() / sum(16 * int(lengths[b].max()) for b in torch.randperm(1000).split(16))
+    assert useful > 0.95 > random_useful
+    again = length_grouped_order(lengths, 16, torch.Generator().manual_seed(1))
+    assert torch.equal(order, again)
+    assert not torch.equal(order, length_grouped_order(lengths, 16, torch.Generator().manual_seed(2)))
+
+
+def test_grouped_batches_train_the_toy_task(tokenizer):
+    model = tiny_head(tokenizer)
+    result = train_proposal_head(
+        model, tokenizer, toy_examples(200, seed=0), max_steps=120, epochs=100, batch_size=32, lr=5e-3,
+        group_by_length=True, progress=False,
+    )  # fmt: skip
+    assert sum(result.losses[-20:]) / 20 < 0.25 * sum(result.losses[:20]) / 20
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():

@@ -236,6 +236,19 @@ def test_the_expected_f1_rule_answers_with_the_candidate_of_the_highest_expected
         pipe(questions, contexts, mode="rank", decision="vote")
 
 
+def test_proposal_mode_is_the_heads_best_span_unless_a_rule_is_asked_for(pipe):
+    questions, contexts = _inputs(toy(6, 4))
+    plain = pipe(questions, contexts, mode="proposal", top_n=20)
+    for a in plain:  # the head's own order: energy = -score, lowest first
+        assert a.energy <= min((r["energy"] for r in a.runners_up), default=a.energy)
+    t_p = pipe.energy.config.proposal_temperature
+    voted = pipe(questions, contexts, mode="proposal", top_n=20, decision="expected_f1")
+    for a, b in zip(plain, voted, strict=True):
+        cands = [(a.text, a.energy)] + [(r["text"], r["energy"]) for r in a.runners_up]
+        texts, energies = [t for t, _ in cands], torch.tensor([e for _, e in cands])
+        assert b.text == texts[int(expected_f1(texts, energies, t_p).argmax())]
+
+
 def test_rank_mode_says_no_answer_above_the_threshold(pipe):
     val = toy(4, 5)
     questions, contexts = _inputs(val)
@@ -293,6 +306,7 @@ def test_evaluate_scores_the_rows_and_squad_v2_groups(pipe):
         pipe.energy.config.no_answer_threshold = None
     assert [r["row"] for r in result["rows"]] == [
         "proposal",
+        "proposal_expected_f1",
         "energy",
         "rank",
         "expected_f1",

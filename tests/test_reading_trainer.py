@@ -134,6 +134,12 @@ def test_the_energy_learns_the_question_dependent_toy_task_the_proposal_head_can
         decision["rule"],
         decision["temperature"],
     )
+    # The control: the expected-F1 rule over the proposal scores alone, its temperature chosen on val too.
+    control = val["proposal_decision"]
+    assert control["f1"][f"expected_f1@{control['temperature']:g}"] == max(
+        f1 for name, f1 in control["f1"].items() if name != "lowest"
+    )
+    assert result.model.config.proposal_temperature == control["temperature"]
     assert all(torch.equal(a, b) for a, b in zip(before, head.parameters(), strict=True))  # the head is frozen
     assert not result.model.training
 
@@ -148,6 +154,30 @@ def test_training_is_deterministic_given_the_seed(tokenizer):
     tc.seed = 5
     other = train_span_energy(head, tokenizer, hash_encoder, toy(24, 0), (), ENERGY, tc, progress=False)
     assert other.losses != runs[0].losses
+
+
+def test_bf16_autocast_trains_the_toy_task_too(tokenizer, hvae_run):
+    tc = SpanTrainConfig(steps=150, batch_size=16, lr=3e-3, warmup_steps=5, mcmc_coeff=0.1, mixed_precision="bf16")
+    result = train_span_energy(
+        tiny_head(tokenizer), tokenizer, hvae_run, toy(200, 0), toy(50, 1), ENERGY, tc, progress=False
+    )
+    assert sum(result.losses[-10:]) < 0.25 * sum(result.losses[:10])
+    assert result.metrics["val"]["rank"]["exact_match"] >= 90
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+
+
+def test_the_risk_term_is_one_minus_the_expected_f1_and_falls_with_training(tokenizer):
+    tc = SpanTrainConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=2, mcmc_coeff=0.0, risk_coeff=1.0)
+    risks = []
+    result = train_span_energy(
+        tiny_head(tokenizer), tokenizer, hash_encoder, toy(64, 0), (), ENERGY, tc, progress=False,
+        callback=lambda step, loss, parts: risks.append(parts["risk"]),
+    )  # fmt: skip
+    assert len(risks) == 60 and all(0.0 <= r <= 1.0 for r in risks)
+    assert sum(risks[-10:]) < 0.5 * sum(risks[:10])
+    assert {"ce", "acc", "risk"} <= set(result.metrics["last"])
+    with pytest.raises(ConfigError, match="risk_coeff"):
+        SpanTrainConfig(risk_coeff=-1.0).validate()
 
 
 def test_without_a_run_the_latents_are_standardised_with_the_training_golds_statistics(tokenizer):
@@ -189,6 +219,8 @@ def test_bad_inputs_and_settings_are_reported(tokenizer):
         SpanTrainConfig.from_dict({"step": 3})
     with pytest.raises(ConfigError, match="truncate <= mcmc_min_steps"):
         SpanTrainConfig.from_dict({"mcmc_min_steps": 3, "mcmc_steps": 2})
+    with pytest.raises(ConfigError, match="mixed_precision must be one of no, bf16"):
+        SpanTrainConfig.from_dict({"mixed_precision": "fp16"})
     assert SpanTrainConfig.from_dict(SpanTrainConfig(lr=0.1).to_dict()) == SpanTrainConfig(lr=0.1)
 
 

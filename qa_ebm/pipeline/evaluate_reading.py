@@ -4,6 +4,8 @@ range of step counts, generate mode, and a no-model baseline, all on the same qu
 Rows (EM / F1 with the official SQuAD normalisation, against every gold answer):
 
     proposal           the proposal head's best span (no energy, no latent): the bar to beat
+    proposal_expected_f1  the highest expected F1 under softmax(s / T_p) of the proposal scores alone (T_p
+                       chosen on val): the decision rule without the energy, so its gain is not the energy's
     energy             the lowest E_theta(x, y) alone
     rank               the lowest E_total = E_theta - w * proposal score
     expected_f1        the highest expected F1 under softmax(-E_total / T), T the energy's (chosen on val)
@@ -51,6 +53,7 @@ def evaluate_reading(
     questions, contexts = [e["question"] for e in examples], [e["context"] for e in examples]
     lowest = {"decision": "lowest"}
     runs: list[tuple[str, dict[str, Any]]] = [("proposal", {"mode": "proposal"})]
+    runs.append(("proposal_expected_f1", {"mode": "proposal", "decision": "expected_f1"}))
     # on answerable questions every row answers with a span; abstention is judged in the squad_v2 section
     runs += [("energy", {"mode": "energy", **lowest}), ("rank", {"mode": "rank", "abstain": False, **lowest})]
     runs.append(("expected_f1", {"mode": "rank", "decision": "expected_f1", "abstain": False}))

@@ -13,7 +13,8 @@ SpanEnergy, and the sampler (a config: swapping it never touches a model). For e
 
 Modes of ``__call__`` (the ``energy`` field of an answer is what the mode ranks by; lower is better):
 
-    proposal   the proposal head alone: best s_i + e_j (energy = -score)
+    proposal   the proposal head alone: best s_i + e_j (energy = -score); with decision="expected_f1", the
+               expected-F1 rule over softmax(s / T_p) (the control row: the rule without the energy)
     energy     the candidate chosen by E_theta(x, y_span)
     rank       the candidate chosen by E_total = E_theta - w * s_proposal; "no answer" (text "", start = end =
                None) when the energy config's no-answer signal (its E_total, or the proposal head's null margin)
@@ -191,7 +192,8 @@ class ReadingPipeline:
         """One answer per (question, passage); `top_n` - 1 runners-up each. `steps` (refine / generate): the
         sampler's step cap for this call (None: its configured cap). `init`: refinement starts from the best
         proposal's latent ("proposal") or from N(0, I) noise ("noise", seeded with ``self.seed``).
-        `decision` / `temperature` (energy and rank modes): the decision rule, None for the energy config's.
+        `decision` / `temperature`: the decision rule, None for the energy config's (energy and rank modes);
+        in proposal mode over the proposal scores, None for the head's best span (T: the config's T_p).
         `abstain=False`: rank mode always answers with a span, whatever the no-answer threshold.
 
         Raises DataError for a non-string question and for an empty, whitespace-only or binary passage,
@@ -208,7 +210,10 @@ class ReadingPipeline:
                 f"reading pipeline: need steps >= 0, batch_size >= 1, top_n >= 1 (got {steps}, {batch_size}, {top_n})"
             )
         cfg = self.energy.config
-        rule = (cfg.decision if decision is None else decision, cfg.temperature if temperature is None else temperature)
+        if mode == "proposal":  # the head's best span, unless a rule is asked for (then T_p set on val)
+            rule = ("lowest", 1.0) if decision is None else (decision, temperature or cfg.proposal_temperature)
+        else:
+            rule = (cfg.decision if decision is None else decision, temperature or cfg.temperature)
         check_rule(*rule)
         if len(questions) != len(contexts):
             raise DataError(f"{len(questions)} questions but {len(contexts)} passages")
@@ -269,7 +274,7 @@ class ReadingPipeline:
                 raise DataError(f"question {offset + b}: the passage has no candidate span")
         if mode == "proposal":
             self._tick("candidates", t)
-            return [_ranked(cs, torch.tensor([-c.score for c in cs]), top_n) for cs in cands]
+            return [_ranked(cs, torch.tensor([-c.score for c in cs]), top_n, *rule) for cs in cands]
         items = attach_latents(self.answer_encoder, self.energy, cands)
         t = self._tick("candidates", t)
 

@@ -211,6 +211,8 @@ def _stage_proposal(ctx: Context) -> dict[str, Any]:
         batch_size=rc.proposal_batch_size,
         lr=rc.proposal_lr,
         seed=rc.seed,
+        mixed_precision=rc.mixed_precision,
+        group_by_length=rc.proposal_group_by_length,
         progress=ctx.progress,
     )
     with atomic_output_dir(ctx.dir("proposal"), overwrite=True) as tmp:
@@ -252,6 +254,8 @@ def _stage_span_energy(ctx: Context) -> dict[str, Any]:
             batch_size=rc.energy_batch_size,
             lr=rc.energy_lr,
             mcmc_coeff=rc.mcmc_coeff,
+            risk_coeff=rc.risk_coeff,
+            mixed_precision=rc.mixed_precision,
             seed=rc.seed,
         ),
         progress=ctx.progress,
@@ -380,6 +384,8 @@ PROPOSAL_FIELDS = (
     "proposal_batch_size",
     "proposal_lr",
     "proposal_epochs",
+    "proposal_group_by_length",
+    "mixed_precision",
     "seed",
 )
 # stage -> (function, config sections it reads (a name, or (name, fields) for part of one), stages it builds on)

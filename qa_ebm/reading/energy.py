@@ -49,6 +49,7 @@ from qa_ebm.config import EBTConfig, config_from_dict
 from qa_ebm.errors import CheckpointError, ConfigError
 from qa_ebm.metrics.squad import normalize_answer
 from qa_ebm.models.ebt import Condition, EBTSpec, EnergyTransformer
+from qa_ebm.models.precision import autocast
 from qa_ebm.models.weights import load_module, save_module
 from qa_ebm.reading.decision import check_no_answer_signal, check_rule
 from qa_ebm.reading.proposal import SpanProposalHead, top_k_spans
@@ -95,6 +96,9 @@ class SpanEnergyConfig:
     # (threshold None: always answer)
     no_answer_signal: str = "energy"
     no_answer_threshold: float | None = None
+    # The control without the energy: the expected-F1 rule over the proposal scores alone, softmax(s / T_p),
+    # T_p set on val like `temperature` (evaluate's proposal_expected_f1 row)
+    proposal_temperature: float = 1.0
     proposal_weight_init: float = 1.0  # w at initialisation
 
     def validate(self) -> None:
@@ -105,6 +109,7 @@ class SpanEnergyConfig:
         if not math.isfinite(self.proposal_weight_init):
             raise ConfigError(f"span energy: proposal_weight_init must be finite, got {self.proposal_weight_init}")
         check_rule(self.decision, self.temperature)
+        check_rule("expected_f1", self.proposal_temperature)
         check_no_answer_signal(self.no_answer_signal)
         if self.no_answer_threshold is not None and not math.isfinite(self.no_answer_threshold):
             raise ConfigError(
@@ -243,8 +248,11 @@ def encode_windows(
     batch_size: int = 32,
     dtype: torch.dtype = torch.float16,
     progress: bool = False,
+    mixed_precision: str = "no",
 ) -> WindowEncoding:
     """One encoder pass per window gives both the condition states and the proposal logits.
+
+    `dtype`: how the states are kept; `mixed_precision` ``bf16``: the encoder runs under bfloat16 autocast.
 
     ``SpanProposalHead.forward`` returns logits only, so the encoder and ``qa_outputs`` are called here
     directly; logits of non-passage tokens are left unmasked (no passage span ever reads them).
@@ -264,10 +272,11 @@ def encode_windows(
             idx = order[lo : lo + batch_size]
             batch = {k: v.to(device) for k, v in windows.collate(idx).items()}
             kwargs = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
-            h = head.encoder(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs
-            ).last_hidden_state  # (b, t, Dc)
-            s, e = head.qa_outputs(h).float().unbind(-1)  # (b, t) each
+            with autocast(device, mixed_precision):
+                h = head.encoder(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs
+                ).last_hidden_state  # (b, t, Dc)
+                s, e = head.qa_outputs(h).float().unbind(-1)  # (b, t) each
             t = h.shape[1]
             start[idx, :t], end[idx, :t] = s.cpu(), e.cpu()
             for i, w in enumerate(idx):

@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
+from qa_ebm.models.precision import autocast, check_precision
 from qa_ebm.models.weights import load_module, safetensors_hint, save_module
 from qa_ebm.reading.windows import Windows, make_windows
 
@@ -42,6 +43,7 @@ HEAD_FILE = "head.safetensors"
 ENCODER_DIR = "encoder"
 FORMAT = "qa-ebm/span-proposal-head"
 FORMAT_VERSION = 1
+GROUP_BATCHES = 50  # batches per length-sorted chunk of `length_grouped_order`: local sorting, global shuffling
 
 
 @dataclass
@@ -341,6 +343,27 @@ class TrainResult:
     losses: list[float]  # per step
 
 
+def length_grouped_order(lengths: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """A random epoch order whose consecutive `batch_size` blocks hold windows of similar lengths.
+
+    The windows are shuffled, cut into chunks of ``GROUP_BATCHES`` batches, sorted by length within a chunk and
+    cut into batches; the full batches are shuffled and a short last one stays last (so ``order[k * batch_size:
+    (k + 1) * batch_size]`` is always one batch). Batches are padded to their longest window: random batches of
+    SQuAD windows (max_length 256) are 31 % padding, grouped ones about 2 % (Hugging Face's ``group_by_length``).
+    """
+    perm = torch.randperm(len(lengths), generator=generator)
+    batches: list[torch.Tensor] = []
+    chunk = GROUP_BATCHES * batch_size
+    for lo in range(0, len(perm), chunk):
+        idx = perm[lo : lo + chunk]
+        idx = idx[torch.argsort(lengths[idx], descending=True, stable=True)]
+        batches += list(idx.split(batch_size))
+    short = [b for b in batches if len(b) < batch_size]  # at most one: only the last chunk can end short
+    full = [b for b in batches if len(b) == batch_size]
+    shuffled = [full[k] for k in torch.randperm(len(full), generator=generator).tolist()]
+    return torch.cat(shuffled + short) if batches else perm
+
+
 def lr_factor(progress: float, warmup: float) -> float:
     """Linear warmup over the first `warmup` fraction of training, then linear decay to 0."""
     if progress < warmup:
@@ -363,6 +386,8 @@ def train_proposal_head(
     max_length: int | None = None,
     stride: int | None = None,
     seed: int = 0,
+    mixed_precision: str = "no",
+    group_by_length: bool = False,
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
@@ -375,8 +400,10 @@ def train_proposal_head(
     `max_seconds`, so the learning rate reaches 0 when the time is up, and a run stopped by time is
     then not bit-reproducible. Runs stopped by steps are deterministic on CPU for a given `seed`.
     `max_length` / `stride` override the model's windowing (and are recorded in its config).
-    Examples without an answer (``answer_start`` < 0) train every window towards CLS. The model is
-    left in eval mode.
+    Examples without an answer (``answer_start`` < 0) train every window towards CLS. `mixed_precision`
+    ``bf16`` runs the forward pass under bfloat16 autocast (``qa_ebm.models.precision``). `group_by_length`
+    batches windows of similar lengths (:func:`length_grouped_order`) to cut padding. The model is left in
+    eval mode.
     """
     cfg = model.config
     if max_length is not None:
@@ -384,6 +411,7 @@ def train_proposal_head(
     if stride is not None:
         cfg.stride = stride
     cfg.validate()
+    check_precision(mixed_precision, "train_proposal_head")
     if batch_size < 1 or lr <= 0 or epochs <= 0 or not 0 <= warmup < 1:
         raise ConfigError(f"train_proposal_head: bad settings (batch_size={batch_size}, lr={lr}, epochs={epochs})")
     if not examples:
@@ -429,10 +457,15 @@ def train_proposal_head(
     t0 = time.perf_counter()
     stopped, step = "epochs", 0
     order = torch.empty(0, dtype=torch.long)
+    lengths = torch.tensor([len(ids) for ids in windows.input_ids])
     try:
         while step < planned:
             if step % per_epoch == 0:
-                order = torch.randperm(len(windows), generator=gen)
+                order = (
+                    length_grouped_order(lengths, batch_size, gen)
+                    if group_by_length
+                    else torch.randperm(len(windows), generator=gen)
+                )
             lo = (step % per_epoch) * batch_size
             idx = order[lo : lo + batch_size].tolist()
             elapsed = time.perf_counter() - t0
@@ -445,7 +478,10 @@ def train_proposal_head(
             for group in opt.param_groups:
                 group["lr"] = lr * lr_factor(frac, warmup)
             batch = {k: v.to(device) for k, v in _batch(windows, idx).items()}
-            out = model(**batch, start_positions=start_pos_t[idx].to(device), end_positions=end_pos_t[idx].to(device))
+            with autocast(device, mixed_precision):
+                out = model(
+                    **batch, start_positions=start_pos_t[idx].to(device), end_positions=end_pos_t[idx].to(device)
+                )
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_([*decay, *no_decay], 1.0)

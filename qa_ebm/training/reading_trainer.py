@@ -13,9 +13,11 @@ Each step takes B questions, computes the condition of the windows they read onc
     L = CE(-E_total(x, candidates), gold)                    the gold the lowest total energy among its candidates
       + mcmc_coeff * L_mcmc(x, y_gold)                        refinement from noise lands on the gold latent
       + gold_grad_coeff * |dE_theta(x, y_gold)/dy|^2          the gold a fixed point of refinement
+      + risk_coeff * (1 - sum_c p(c | x) F1(c, gold))         minimum risk: p = softmax(-E_total), token F1
 
 where L_mcmc is ``ebt_objectives.mcmc_objective`` (recon + contrast, without its own gold-gradient term) with
-the question's cached condition. AdamW (no decay on biases, norms and w), linear warmup then cosine
+the question's cached condition; the risk term (minimum-risk training for SQuAD's loss) makes a near miss
+cheaper than a far one, which the one-hot cross-entropy cannot. AdamW (no decay on biases, norms and w), linear warmup then cosine
 (``schedules.warmup_cosine`` planned over ``steps``), gradient clipping. Every random draw comes from
 generators seeded with ``seed``, so a run stopped by ``steps`` is bit-reproducible on CPU; a run stopped by
 ``max_seconds`` stops where the clock says (its lr schedule is cut short, not compressed).
@@ -47,6 +49,7 @@ from qa_ebm.metrics.squad import exact_match, squad_scores
 from qa_ebm.metrics.squad import f1 as squad_f1
 from qa_ebm.models.answer_encoder import AnswerEncoder
 from qa_ebm.models.ebt import EBTSpec, energy_gradient
+from qa_ebm.models.precision import autocast, check_precision
 from qa_ebm.reading.decision import NO_ANSWER_SIGNALS, calibrate, calibrate_no_answer, decide
 from qa_ebm.reading.energy import (
     LatentEncoder,
@@ -89,6 +92,7 @@ class SpanTrainConfig:
     grad_clip: float = 1.0
     hard_negatives: int = 6  # per training question, beside its top-K proposals and the gold
     mcmc_coeff: float = 0.1  # 0: no refinement objective
+    risk_coeff: float = 0.0  # weight of the expected-F1 risk 1 - E_p[F1(c, gold)] beside the cross-entropy
     gold_grad_coeff: float = 0.01
     mcmc_steps: int = 4  # refinement steps per mcmc example, drawn from [mcmc_min_steps, mcmc_steps]
     mcmc_min_steps: int = 2
@@ -98,19 +102,20 @@ class SpanTrainConfig:
     langevin_noise: float = 0.05
     mcmc_rivals: int = 3  # other questions' gold latents as negatives in the mcmc contrast
     encode_batch_size: int = 32  # windows per encoder batch
+    mixed_precision: str = "no"  # "bf16": window encoding and training steps under bfloat16 autocast
     seed: int = 0
 
     def validate(self) -> None:
+        check_precision(self.mixed_precision, "span training")
         if min(self.steps, self.batch_size, self.encode_batch_size, self.mcmc_min_steps) < 1:
             raise ConfigError("span training: steps, batch_size, encode_batch_size and mcmc_min_steps must be >= 1")
         if not 1 <= self.truncate <= self.mcmc_min_steps <= self.mcmc_steps:
             raise ConfigError("span training: need 1 <= truncate <= mcmc_min_steps <= mcmc_steps")
         if self.lr <= 0 or self.step_size <= 0 or self.grad_clip <= 0:
             raise ConfigError("span training: lr, step_size and grad_clip must be > 0")
-        if min(self.mcmc_coeff, self.gold_grad_coeff, self.weight_decay, self.warmup_steps, self.hard_negatives) < 0:
-            raise ConfigError(
-                "span training: mcmc_coeff, gold_grad_coeff, weight_decay, warmup_steps, hard_negatives must be >= 0"
-            )
+        coeffs = ("mcmc_coeff", "gold_grad_coeff", "risk_coeff", "weight_decay", "warmup_steps", "hard_negatives")
+        if min(getattr(self, name) for name in coeffs) < 0:
+            raise ConfigError(f"span training: {', '.join(coeffs)} must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.step_size_jitter < 1:
             raise ConfigError("span training: min_lr_ratio must be in [0, 1] and step_size_jitter in [0, 1)")
         if self.max_seconds is not None and self.max_seconds <= 0:
@@ -201,7 +206,7 @@ def _prepare(
         pc.max_question_tokens,
         pc.max_windows,
     )
-    enc = encode_windows(proposal, windows, tc.encode_batch_size, torch.float16, progress)
+    enc = encode_windows(proposal, windows, tc.encode_batch_size, torch.float16, progress, tc.mixed_precision)
     if train:
         answers = [(int(ex["answer_start"]), str(ex["answer"])) for ex in examples]
         rng = random.Random(tc.seed)
@@ -232,6 +237,16 @@ def _step_loss(
     gold = torch.tensor([it.gold for it in batch], dtype=torch.long, device=device)
     ce = F.cross_entropy(logits, gold)
     loss, parts = ce, {"ce": ce.item(), "acc": (logits.argmax(1) == gold).float().mean().item()}
+    if tc.risk_coeff > 0:
+        # Minimum-risk training for SQuAD's loss: under p(c | x) = softmax(-E_total), the expected token F1
+        # against the gold; a near miss (the gold's span moved by a word) costs less than a far one.
+        f1 = torch.zeros_like(logits, dtype=torch.float32)
+        for b, it in enumerate(batch):
+            gold_text = [it.candidates[it.gold].text]
+            f1[b, : len(it)] = torch.tensor([squad_f1(c.text, gold_text) for c in it.candidates])
+        risk = 1.0 - (torch.softmax(logits.float(), dim=1) * f1).sum(1).mean()
+        loss = loss + tc.risk_coeff * risk
+        parts["risk"] = risk.item()
 
     rows = inputs.ptr[:-1] + gold  # (B,) the gold candidates
     cond_gold = cond.select(rows)
@@ -280,6 +295,10 @@ def evaluate_rankings(
     texts = [[c.text for c in it.candidates] for it in prepared.items]
     rule, temperature, tried = calibrate(texts, [e.total for e in energies], references)
     out["decision"] = {"rule": rule, "temperature": temperature, "f1": tried}
+    # The same rule over the proposal scores alone: how much of the decision's gain the energy brings.
+    scores = [torch.tensor([-c.score for c in it.candidates]) for it in prepared.items]
+    _, p_temperature, p_tried = calibrate(texts, scores, references, only_expected_f1=True)
+    out["proposal_decision"] = {"temperature": p_temperature, "f1": p_tried}
     return out
 
 
@@ -400,7 +419,8 @@ def train_span_energy(
                 order = [usable[k] for k in torch.randperm(len(usable), generator=gen).tolist()]
             lo = (step % per_epoch) * tc.batch_size
             batch = [train.items[k] for k in order[lo : lo + tc.batch_size]]
-            loss, parts = _step_loss(model, batch, train.states, tc, mcmc_tc, gen)
+            with autocast(device, tc.mixed_precision):
+                loss, parts = _step_loss(model, batch, train.states, tc, mcmc_tc, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -426,6 +446,7 @@ def train_span_energy(
         # The decision rule is a setting, chosen here on val and saved with the model's config.
         model.config.decision = metrics["val"]["decision"]["rule"]
         model.config.temperature = metrics["val"]["decision"]["temperature"]
+        model.config.proposal_temperature = metrics["val"]["proposal_decision"]["temperature"]
         if len(has) < len(val_examples):  # SQuAD v2: unanswerable questions in val set the no-answer threshold
             metrics["val"]["no_answer"] = _calibrate_no_answer(model, val, scored, val_examples)
             model.config.no_answer_signal = metrics["val"]["no_answer"]["signal"]
