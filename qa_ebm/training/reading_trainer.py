@@ -17,10 +17,10 @@ Each step takes B questions, computes the condition of the windows they read onc
 
 where L_mcmc is ``ebt_objectives.mcmc_objective`` (recon + contrast, without its own gold-gradient term) with
 the question's cached condition; the risk term (minimum-risk training for SQuAD's loss) makes a near miss
-cheaper than a far one, which the one-hot cross-entropy cannot. AdamW (no decay on biases, norms and w), linear warmup then cosine
-(``schedules.warmup_cosine`` planned over ``steps``), gradient clipping. Every random draw comes from
-generators seeded with ``seed``, so a run stopped by ``steps`` is bit-reproducible on CPU; a run stopped by
-``max_seconds`` stops where the clock says (its lr schedule is cut short, not compressed).
+cheaper than a far one, which the one-hot cross-entropy cannot. AdamW (no decay on biases, norms and w),
+linear warmup then cosine (``schedules.warmup_cosine`` planned over ``steps``), gradient clipping. Every
+random draw comes from generators seeded with ``seed``, so a run stopped by ``steps`` is bit-reproducible on
+CPU; a run stopped by ``max_seconds`` stops where the clock says (its lr schedule is cut short, not compressed).
 
 At the end the val questions are answered three ways from the same candidates (the top K proposals only, no
 gold added): the proposal head alone, E_theta alone and E_total; their SQuAD EM/F1 are in ``metrics``. The
