@@ -3,7 +3,9 @@ every mode answers verbatim, snap lands on a real candidate, save/load is exact,
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import random
 from pathlib import Path
 
@@ -247,6 +249,35 @@ def test_proposal_mode_is_the_heads_best_span_unless_a_rule_is_asked_for(pipe):
         cands = [(a.text, a.energy)] + [(r["text"], r["energy"]) for r in a.runners_up]
         texts, energies = [t for t, _ in cands], torch.tensor([e for _, e in cands])
         assert b.text == texts[int(expected_f1(texts, energies, t_p).argmax())]
+
+
+def test_bf16_encoders_answer_with_verbatim_spans_and_float32_energies(pipe):
+    examples = toy(6, 9)
+    questions, contexts = _inputs(examples)
+    full = pipe(questions, contexts, mode="rank", top_n=3)
+    pipe.mixed_precision = "bf16"
+    try:
+        half = pipe(questions, contexts, mode="rank", top_n=3)
+    finally:
+        pipe.mixed_precision = "no"
+    for a, b, c in zip(full, half, contexts, strict=True):
+        assert c[b.start : b.end] == b.text and math.isfinite(b.energy)
+        assert abs(a.energy - b.energy) < 0.1 * max(1.0, abs(a.energy))  # the encoders rounded, not replaced
+    with pytest.raises(ConfigError, match="mixed_precision must be one of no, bf16"):
+        ReadingPipeline(pipe.proposal, pipe.tokenizer, pipe.answer_encoder, pipe.energy, mixed_precision="fp16")
+
+
+def test_answer_takes_mixed_precision(pipe, tmp_path, capsys):
+    from qa_ebm.cli.main import main
+
+    pipe.save_pretrained(tmp_path / "pipe")
+    ex = toy(1, 10)[0]
+    argv = ["answer", "--pipeline", str(tmp_path / "pipe"), ex["question"], "--context", ex["context"], "--json"]
+    assert main([*argv, "--mixed-precision", "bf16"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert ex["context"][record["start"] : record["end"]] == record["answer"]
+    with pytest.raises((SystemExit, argparse.ArgumentError)):  # not a choice
+        main([*argv, "--mixed-precision", "fp16"])
 
 
 def test_rank_mode_says_no_answer_above_the_threshold(pipe):

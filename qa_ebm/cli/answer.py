@@ -61,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="pick the lowest energy, or the highest expected F1 under softmax(-E/T) (default: the pipeline's)",
     )
     r.add_argument("--temperature", type=float, help="T of --decision expected_f1 (default: the pipeline's)")
+    r.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16"],
+        default="no",
+        help="bf16: the encoders (window states, candidate latents) under bfloat16 autocast",
+    )
     p.set_defaults(run=run)
 
 
@@ -165,7 +171,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         rows = [{"id": "0", "question": args.question, "context": single_context(args, required=reading)}]
     options = answer_options(args)  # bad flags fail before the pipeline loads
-    records = answer_rows(load_pipeline(args.pipeline), rows, options)
+    pipe = load_pipeline(args.pipeline)
+    if reading:
+        pipe.mixed_precision = args.mixed_precision
+    records = answer_rows(pipe, rows, options)
     if args.input is not None:
         write_jsonl(records, args.output)
     elif args.json:

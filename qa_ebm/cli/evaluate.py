@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gguf-file", metavar="FILE", help="a GGUF file inside --reference-lm's dir")
     r = p.add_argument_group("reading pipelines")
     r.add_argument("--no-generate", action="store_true", help="skip generate mode")
+    r.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16"],
+        default="no",
+        help="bf16: the encoders (window states, candidate latents) under bfloat16 autocast",
+    )
     p.set_defaults(run=run)
 
 
@@ -58,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
         examples = [e for e in every if not e["is_impossible"]]
         if not examples:
             raise DataError(f"{args.data}: split {args.split!r} has no answerable questions with a passage (SQuAD)")
+        pipe = load_pipeline(args.pipeline)
+        pipe.mixed_precision = args.mixed_precision
         result = evaluate_reading(
-            load_pipeline(args.pipeline),
+            pipe,
             examples,
             args.steps,
             args.batch_size,

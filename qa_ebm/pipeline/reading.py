@@ -49,6 +49,7 @@ import torch
 
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.models.answer_encoder import AnswerEncoder
+from qa_ebm.models.precision import autocast, check_precision
 from qa_ebm.pipeline.directory import read_meta
 from qa_ebm.pipeline.sampling import build_from_config
 from qa_ebm.reading.decision import check_rule, decide
@@ -114,10 +115,13 @@ class ReadingPipeline:
         max_question_tokens: int | None = None,
         max_windows: int | None = HEAD_SETTING,
         seed: int = 0,
+        mixed_precision: str = "no",
     ):
         """`sampler`: ``{"name": "gd" | "langevin" | "ired", **its options}`` (default :func:`default_sampler`).
         Windowing settings default to the proposal head's (``max_windows=None``: no cap). `seed` seeds the
-        noise of ``init="noise"`` afresh at every call, so answers do not depend on earlier calls."""
+        noise of ``init="noise"`` afresh at every call, so answers do not depend on earlier calls.
+        `mixed_precision` ``bf16``: the two encoders (window states, candidate latents) run under bfloat16
+        autocast; energies, refinement and decisions stay float32. A runtime setting, not saved."""
         pc = proposal.config
         self.proposal, self.tokenizer = proposal.eval(), tokenizer
         self.answer_encoder, self.energy = answer_encoder, energy.eval()
@@ -126,6 +130,8 @@ class ReadingPipeline:
         self.max_question_tokens = pc.max_question_tokens if max_question_tokens is None else max_question_tokens
         self.max_windows = pc.max_windows if max_windows == HEAD_SETTING else max_windows
         self.seed = seed
+        check_precision(mixed_precision, "reading pipeline")
+        self.mixed_precision = mixed_precision
         self.state_dtype = torch.float16  # window states rounded as the training cache rounded them
         self.sampler_config = dict(sampler) if sampler is not None else default_sampler(energy)
         self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
@@ -266,7 +272,7 @@ class ReadingPipeline:
             self.max_question_tokens,
             self.max_windows,
         )
-        enc = encode_windows(self.proposal, windows, batch_size, self.state_dtype)
+        enc = encode_windows(self.proposal, windows, batch_size, self.state_dtype, mixed_precision=self.mixed_precision)
         t = self._tick("encoding", t)
         cands = propose_candidates(windows, enc, cfg.top_k, cfg.max_answer_tokens)
         for b, cs in enumerate(cands):
@@ -275,7 +281,8 @@ class ReadingPipeline:
         if mode == "proposal":
             self._tick("candidates", t)
             return [_ranked(cs, torch.tensor([-c.score for c in cs]), top_n, *rule) for cs in cands]
-        items = attach_latents(self.answer_encoder, self.energy, cands)
+        with autocast(self.device, self.mixed_precision):
+            items = attach_latents(self.answer_encoder, self.energy, cands)
         t = self._tick("candidates", t)
 
         inputs = collate_candidates(items, enc.states, self.device)
@@ -357,7 +364,7 @@ class ReadingPipeline:
         (d / PIPELINE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> ReadingPipeline:
+    def from_pretrained(cls, directory: str | Path, mixed_precision: str = "no") -> ReadingPipeline:
         """Load and validate a directory written by :meth:`save_pretrained` (no pickle, no remote code)."""
         d = Path(directory)
         parts = (PROPOSAL_DIR, ENERGY_DIR, *HVAE_PARTS)
@@ -379,7 +386,16 @@ class ReadingPipeline:
         energy = SpanEnergy.from_pretrained(d / ENERGY_DIR)
         encoder = AnswerEncoder.from_run(d)
         try:
-            return cls(proposal, tokenizer, encoder, energy, meta["sampler"], **windows, seed=meta["seed"])
+            return cls(
+                proposal,
+                tokenizer,
+                encoder,
+                energy,
+                meta["sampler"],
+                **windows,
+                seed=meta["seed"],
+                mixed_precision=mixed_precision,
+            )
         except ConfigError as e:
             raise CheckpointError(f"{where}: {e}") from e
 
