@@ -11,6 +11,11 @@ machine's load falls on both alike):
 Data: the open SQuAD v1.1 dev file in ../shared/data (the bundled data/squad_sample.json where absent).
 
     python bench/reading_precision.py [--repeats 8] [--threads 2]
+                                      [--pipeline runs/squad/pipeline --data runs/squad/data]
+
+With --pipeline (a trained reading pipeline) and --data (its preprocess output), also answering: the val
+questions answered in batches of 32 in the pipeline's default mode with float32 and with bf16 encoders
+(``ReadingPipeline.mixed_precision``), questions/s and SQuAD EM / F1 of each (quality must not move).
 
 Writes bench/results/reading_precision.json and .md. The ratio depends on the CPU: with AVX512-BF16 or AMX
 bf16 is fast; without, it is emulated and slower (then keep reading.mixed_precision=no).
@@ -119,17 +124,48 @@ def proposal_rows(examples: list[dict], warmup: int, repeats: int) -> dict[str, 
     return {"proposal step (16 windows)": training, f"window encoding ({len(windows)} windows)": encoding}
 
 
+def answering_rows(pipeline: Path, data: Path, repeats: int) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Seconds per pass over the val questions, fp32 vs bf16 encoders, and each precision's EM / F1."""
+    from qa_ebm.data.processed import load_processed
+    from qa_ebm.metrics.squad import squad_scores
+    from qa_ebm.pipeline.reading import ReadingPipeline
+
+    pipe = ReadingPipeline.from_pretrained(pipeline)
+    examples = load_processed(data).reading_examples("val", answerable_only=True)
+    questions, contexts = [e["question"] for e in examples], [e["context"] for e in examples]
+    refs = {e["id"]: e["references"] for e in examples}
+    scores: dict[str, dict] = {}
+
+    def run(precision: str):
+        def call():
+            pipe.mixed_precision = precision
+            answers = pipe(questions, contexts, batch_size=32)
+            preds = {e["id"]: a.text for e, a in zip(examples, answers, strict=True)}
+            scores[precision] = squad_scores(preds, refs)
+
+        return call
+
+    timing = interleaved({"no": run("no"), "bf16": run("bf16")}, 0, repeats)
+    return {f"answer val, {len(examples)} questions": timing}, scores
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pipeline", type=Path, help="a reading pipeline dir: also time answering its val split")
+    parser.add_argument("--data", type=Path, help="the pipeline's preprocess output (with --pipeline)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = {"matmul (5 x 4096x384 @ 384x1536)": matmul_row(2, args.repeats)}
     rows.update(proposal_rows(squad_examples(64), 1, args.repeats))
+    quality: dict[str, dict] = {}
+    if args.pipeline is not None:
+        answering, quality = answering_rows(args.pipeline, args.data, max(2, args.repeats // 4))
+        rows.update(answering)
     machine = machine_info()
-    result = {"machine": machine, "rows": {}}
+    result = {"machine": machine, "rows": {}, "answer_quality": quality}
     lines = [
         "# bf16 autocast against fp32 in the reading mode (bench/reading_precision.py)",
         "",
@@ -144,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         cell = "{median:.3f} ({p05:.3f}-{p95:.3f})".format
         lines.append(f"| {name} | {cell(**r['no'])} | {cell(**r['bf16'])} | {speedup:.2f}x |")
         print(lines[-1], flush=True)
+    for precision, q in quality.items():
+        lines.append(f"- answers with {precision} encoders: val EM {q['exact_match']:.2f} / F1 {q['f1']:.2f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "reading_precision.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "reading_precision.md").write_text("\n".join(lines) + "\n")

@@ -35,3 +35,24 @@ def test_unknown_precision_is_refused_with_the_choices(bad):
         check_precision(bad, "reading")
     with pytest.raises(ConfigError, match="no, bf16"), autocast(CPU, bad):
         pass
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_once(monkeypatch, caplog):
+    import qa_ebm.models.precision as precision
+
+    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: False)
+    precision._warn_emulated.cache_clear()
+    with caplog.at_level("WARNING", logger="qa_ebm.models.precision"):
+        for _ in range(3):
+            with autocast(CPU, "bf16"):
+                pass
+        with autocast(CPU, "no"):
+            pass
+    assert [r.message.count("emulated") for r in caplog.records] == [1]
+    precision._warn_emulated.cache_clear()
+
+
+def test_native_cpu_bf16_is_a_bool():
+    from qa_ebm.models.precision import native_cpu_bf16
+
+    assert isinstance(native_cpu_bf16(), bool)

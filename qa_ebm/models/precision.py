@@ -10,11 +10,15 @@ emulated and slower; keep ``no`` there.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 from collections.abc import Iterator
 
 import torch
 
 from qa_ebm.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("no", "bf16")
 
@@ -24,12 +28,28 @@ def check_precision(mixed_precision: str, where: str) -> None:
         raise ConfigError(f"{where}: mixed_precision must be one of {', '.join(PRECISIONS)}, got {mixed_precision!r}")
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); False where torch cannot tell."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+@functools.cache
+def _warn_emulated() -> None:
+    log.warning(
+        "mixed_precision=bf16 on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated there and slower than "
+        "float32; set mixed_precision=no"
+    )
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, mixed_precision: str) -> Iterator[None]:
     """bfloat16 autocast on `device` when `mixed_precision` is ``bf16``; a no-op for ``no``."""
     check_precision(mixed_precision, "autocast")
+    if mixed_precision == "bf16" and device.type == "cpu" and not native_cpu_bf16():
+        _warn_emulated()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
         yield
 
 
-__all__ = ["PRECISIONS", "autocast", "check_precision"]
+__all__ = ["PRECISIONS", "autocast", "check_precision", "native_cpu_bf16"]
