@@ -378,7 +378,8 @@ class ReadingConfig:
     proposal_epochs: float = 1.0
     proposal_group_by_length: bool = False  # batches of windows of similar lengths (less padding, same windows)
     # bf16: the proposal head's fine-tuning, the window encoding and the energy's training steps under bfloat16
-    # autocast (2x faster on a CPU with AVX512-BF16 or AMX, and on GPUs); answering stays float32
+    # autocast (2x faster on a CPU with AVX512-BF16 or AMX, and on GPUs), and the exported pipeline's two
+    # encoders at answer time (energies stay float32)
     mixed_precision: Literal["no", "bf16"] = "no"
     # energy over candidates
     top_k: int = 20  # candidates per question from the proposal head

@@ -212,6 +212,24 @@ def test_from_pretrained_refuses_incomplete_or_tampered_directories(pipe, tmp_pa
     meta_path.write_text(json.dumps({**meta, "extra": 1}))
     with pytest.raises(CheckpointError, match="top-level keys"):
         ReadingPipeline.from_pretrained(tmp_path / "p")
+    meta_path.write_text(json.dumps({**meta, "mixed_precision": "fp8"}))
+    with pytest.raises(CheckpointError, match="mixed_precision must be one of no, bf16"):
+        ReadingPipeline.from_pretrained(tmp_path / "p")
+
+
+def test_the_encoders_precision_is_saved_and_older_pipelines_load_as_float32(pipe, tmp_path):
+    pipe.mixed_precision = "bf16"
+    try:
+        pipe.save_pretrained(tmp_path / "p")
+    finally:
+        pipe.mixed_precision = "no"
+    assert ReadingPipeline.from_pretrained(tmp_path / "p").mixed_precision == "bf16"
+    assert ReadingPipeline.from_pretrained(tmp_path / "p", mixed_precision="no").mixed_precision == "no"
+    meta_path = tmp_path / "p" / "reading_pipeline.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["mixed_precision"]  # as written before the setting existed
+    meta_path.write_text(json.dumps(meta))
+    assert ReadingPipeline.from_pretrained(tmp_path / "p").mixed_precision == "no"
 
 
 def test_timings_accumulate_per_stage(pipe):

@@ -64,8 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--mixed-precision",
         choices=["no", "bf16"],
-        default="no",
-        help="bf16: the encoders (window states, candidate latents) under bfloat16 autocast",
+        help="bf16: the encoders (window states, candidate latents) under bfloat16 autocast (default: the pipeline's)",
     )
     p.set_defaults(run=run)
 
@@ -173,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     options = answer_options(args)  # bad flags fail before the pipeline loads
     pipe = load_pipeline(args.pipeline)
     if reading:
-        pipe.mixed_precision = args.mixed_precision
+        pipe.mixed_precision = args.mixed_precision or pipe.mixed_precision
     records = answer_rows(pipe, rows, options)
     if args.input is not None:
         write_jsonl(records, args.output)

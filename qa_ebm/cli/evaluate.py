@@ -43,8 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--mixed-precision",
         choices=["no", "bf16"],
-        default="no",
-        help="bf16: the encoders (window states, candidate latents) under bfloat16 autocast",
+        help="bf16: the encoders (window states, candidate latents) under bfloat16 autocast (default: the pipeline's)",
     )
     p.set_defaults(run=run)
 
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         if not examples:
             raise DataError(f"{args.data}: split {args.split!r} has no answerable questions with a passage (SQuAD)")
         pipe = load_pipeline(args.pipeline)
-        pipe.mixed_precision = args.mixed_precision
+        pipe.mixed_precision = args.mixed_precision or pipe.mixed_precision
         result = evaluate_reading(
             pipe,
             examples,

@@ -121,7 +121,8 @@ class ReadingPipeline:
         Windowing settings default to the proposal head's (``max_windows=None``: no cap). `seed` seeds the
         noise of ``init="noise"`` afresh at every call, so answers do not depend on earlier calls.
         `mixed_precision` ``bf16``: the two encoders (window states, candidate latents) run under bfloat16
-        autocast; energies, refinement and decisions stay float32. A runtime setting, not saved."""
+        autocast; energies, refinement and decisions stay float32 (saved with the pipeline; a loader or a
+        caller may change it: ``pipe.mixed_precision = "no"``)."""
         pc = proposal.config
         self.proposal, self.tokenizer = proposal.eval(), tokenizer
         self.answer_encoder, self.energy = answer_encoder, energy.eval()
@@ -360,20 +361,27 @@ class ReadingPipeline:
             "windows": {k: getattr(self, k) for k in WINDOW_KEYS},
             "sampler": self.sampler_config,
             "seed": self.seed,
+            "mixed_precision": self.mixed_precision,
         }
         (d / PIPELINE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, mixed_precision: str = "no") -> ReadingPipeline:
-        """Load and validate a directory written by :meth:`save_pretrained` (no pickle, no remote code)."""
+    def from_pretrained(cls, directory: str | Path, mixed_precision: str | None = None) -> ReadingPipeline:
+        """Load and validate a directory written by :meth:`save_pretrained` (no pickle, no remote code).
+        `mixed_precision`: None for the saved setting ("no" in pipelines saved before it was)."""
         d = Path(directory)
         parts = (PROPOSAL_DIR, ENERGY_DIR, *HVAE_PARTS)
         meta, where = read_meta(d, PIPELINE_FILE, parts, FORMAT, "a reading pipeline")
         if meta.get("version") != FORMAT_VERSION:
             raise CheckpointError(f"{where}: format version {meta.get('version')!r}; this code reads {FORMAT_VERSION}")
-        keys = {"format", "version", "windows", "sampler", "seed"}
-        if set(meta) != keys:
-            raise CheckpointError(f"{where}: top-level keys must be {', '.join(sorted(keys))}; got {sorted(meta)}")
+        keys, optional = {"format", "version", "windows", "sampler", "seed"}, {"mixed_precision"}
+        if not keys <= set(meta) <= keys | optional:
+            raise CheckpointError(
+                f"{where}: top-level keys must be {', '.join(sorted(keys))} (and optionally "
+                f"{', '.join(sorted(optional))}); got {sorted(meta)}"
+            )
+        if mixed_precision is None:
+            mixed_precision = meta.get("mixed_precision", "no")
         windows = meta["windows"]
         if not isinstance(windows, dict) or set(windows) != set(WINDOW_KEYS):
             raise CheckpointError(f"{where}: 'windows' must have exactly the keys {', '.join(WINDOW_KEYS)}")

@@ -282,7 +282,12 @@ def _stage_export(ctx: Context) -> dict[str, Any]:
     if _reading(ctx):
         from qa_ebm.pipeline.reading import ReadingPipeline
 
-        pipe = ReadingPipeline.from_runs(ctx.dir("proposal"), ctx.dir("train_hvae"), ctx.dir("span_energy"))
+        pipe = ReadingPipeline.from_runs(
+            ctx.dir("proposal"),
+            ctx.dir("train_hvae"),
+            ctx.dir("span_energy"),
+            mixed_precision=ctx.config.reading.mixed_precision,
+        )
     else:
         from qa_ebm.pipeline.generative import QAPipeline
 
@@ -399,7 +404,11 @@ STAGES: dict[str, tuple[Callable[[Context], dict[str, Any]], Sections, tuple[str
     "proposal": (_stage_proposal, (("reading", PROPOSAL_FIELDS),), ("preprocess",)),
     "span_energy": (_stage_span_energy, ("ebt", "reading"), ("train_hvae", "proposal")),
     # a stage the spec does not run contributes an empty key: export is a reading or an answer pipeline
-    "export": (_stage_export, (), ("train_hvae", "train_ebt", "proposal", "span_energy")),
+    "export": (
+        _stage_export,
+        (("reading", ("mixed_precision",)),),
+        ("train_hvae", "train_ebt", "proposal", "span_energy"),
+    ),
     "evaluate": (_stage_evaluate, ("evaluate",), ("export", "train_regress", "train_baseline")),
 }
 
