@@ -294,8 +294,25 @@ def test_answer_takes_mixed_precision(pipe, tmp_path, capsys):
     assert main([*argv, "--mixed-precision", "bf16"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert ex["context"][record["start"] : record["end"]] == record["answer"]
+    assert main([*argv, "--top-k", "2"]) == 0  # two candidates: the answer and at most one runner-up
+    record = json.loads(capsys.readouterr().out)
+    assert len(record["runners_up"]) <= 1
     with pytest.raises((SystemExit, argparse.ArgumentError)):  # not a choice
         main([*argv, "--mixed-precision", "fp16"])
+
+
+def test_top_k_caps_the_candidates_at_answer_time(pipe):
+    questions, contexts = _inputs(toy(4, 11))
+    pipe.top_k = 1
+    try:
+        one = pipe(questions, contexts, mode="rank", top_n=5)
+        pipe.top_k = 0
+        with pytest.raises(ConfigError, match="top_k must be >= 1"):
+            pipe(questions, contexts)
+    finally:
+        pipe.top_k = pipe.energy.config.top_k
+    proposal = pipe(questions, contexts, mode="proposal")
+    assert [a.text for a in one] == [a.text for a in proposal] and all(not a.runners_up for a in one)
 
 
 def test_rank_mode_says_no_answer_above_the_threshold(pipe):

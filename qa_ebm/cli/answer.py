@@ -61,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="pick the lowest energy, or the highest expected F1 under softmax(-E/T) (default: the pipeline's)",
     )
     r.add_argument("--temperature", type=float, help="T of --decision expected_f1 (default: the pipeline's)")
+    r.add_argument("--top-k", type=int, metavar="N", help="candidates per question (default: the pipeline's)")
     r.add_argument(
         "--mixed-precision",
         choices=["no", "bf16"],
@@ -173,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.pipeline)
     if reading:
         pipe.mixed_precision = args.mixed_precision or pipe.mixed_precision
+        pipe.top_k = args.top_k or pipe.top_k
     records = answer_rows(pipe, rows, options)
     if args.input is not None:
         write_jsonl(records, args.output)

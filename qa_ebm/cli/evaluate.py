@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gguf-file", metavar="FILE", help="a GGUF file inside --reference-lm's dir")
     r = p.add_argument_group("reading pipelines")
     r.add_argument("--no-generate", action="store_true", help="skip generate mode")
+    r.add_argument("--top-k", type=int, metavar="N", help="candidates per question (default: the pipeline's)")
     r.add_argument(
         "--mixed-precision",
         choices=["no", "bf16"],
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"{args.data}: split {args.split!r} has no answerable questions with a passage (SQuAD)")
         pipe = load_pipeline(args.pipeline)
         pipe.mixed_precision = args.mixed_precision or pipe.mixed_precision
+        pipe.top_k = args.top_k or pipe.top_k
         result = evaluate_reading(
             pipe,
             examples,

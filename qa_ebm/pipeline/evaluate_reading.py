@@ -101,6 +101,8 @@ def evaluate_reading(
         "examples": shown,
         "timings": dict(getattr(pipe, "timings", {})),
         "decision": {"rule": cfg.decision, "temperature": cfg.temperature},  # what `answer` uses by default
+        "top_k": pipe.top_k,
+        "mixed_precision": pipe.mixed_precision,
     }
     if unanswerable:
         every = [*examples, *unanswerable]
@@ -135,6 +137,8 @@ def markdown(result: dict[str, Any], title: str) -> str:
     decision = result.get("decision")
     if decision:
         lines += ["", f"Default decision rule (chosen on val): {decision['rule']}, T = {decision['temperature']:g}"]
+    if "top_k" in result:
+        lines += ["", f"Candidates per question: {result['top_k']}; encoders: {result['mixed_precision']}"]
     timings = result.get("timings") or {}
     total = sum(timings.values())
     if total > 0:

@@ -133,6 +133,9 @@ class ReadingPipeline:
         self.seed = seed
         check_precision(mixed_precision, "reading pipeline")
         self.mixed_precision = mixed_precision
+        # Candidates per question at answer time (the proposal head's best first); the energy trained on its
+        # config's top_k, and fewer can score better and answer faster (a setting to choose on val).
+        self.top_k = energy.config.top_k
         self.state_dtype = torch.float16  # window states rounded as the training cache rounded them
         self.sampler_config = dict(sampler) if sampler is not None else default_sampler(energy)
         self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
@@ -275,7 +278,9 @@ class ReadingPipeline:
         )
         enc = encode_windows(self.proposal, windows, batch_size, self.state_dtype, mixed_precision=self.mixed_precision)
         t = self._tick("encoding", t)
-        cands = propose_candidates(windows, enc, cfg.top_k, cfg.max_answer_tokens)
+        if self.top_k < 1:
+            raise ConfigError(f"reading pipeline: top_k must be >= 1, got {self.top_k}")
+        cands = propose_candidates(windows, enc, self.top_k, cfg.max_answer_tokens)
         for b, cs in enumerate(cands):
             if not cs:
                 raise DataError(f"question {offset + b}: the passage has no candidate span")
