@@ -301,6 +301,22 @@ def test_answer_takes_mixed_precision(pipe, tmp_path, capsys):
         main([*argv, "--mixed-precision", "fp16"])
 
 
+def test_the_answer_top_k_chosen_on_val_is_the_pipelines_default(pipe):
+    from qa_ebm.pipeline.reading import ReadingPipeline as Pipeline
+
+    cfg = pipe.energy.config
+    try:
+        cfg.answer_top_k = 2
+        assert Pipeline(pipe.proposal, pipe.tokenizer, pipe.answer_encoder, pipe.energy).top_k == 2
+        cfg.answer_top_k = None
+        assert Pipeline(pipe.proposal, pipe.tokenizer, pipe.answer_encoder, pipe.energy).top_k == cfg.top_k
+        cfg.answer_top_k = cfg.top_k + 1
+        with pytest.raises(ConfigError, match="answer_top_k must be in"):
+            cfg.validate()
+    finally:
+        cfg.answer_top_k = None
+
+
 def test_top_k_caps_the_candidates_at_answer_time(pipe):
     questions, contexts = _inputs(toy(4, 11))
     pipe.top_k = 1

@@ -134,6 +134,10 @@ def test_the_energy_learns_the_question_dependent_toy_task_the_proposal_head_can
         decision["rule"],
         decision["temperature"],
     )
+    # The candidates kept at answer time: the count of the best val F1 (its rule and T), None for all top_k.
+    assert decision["f1_by_top_k"][decision["top_k"]] == max(decision["f1_by_top_k"].values())
+    assert set(decision["f1_by_top_k"]) == {5, 10, ENERGY.top_k}
+    assert result.model.config.answer_top_k == (None if decision["top_k"] == ENERGY.top_k else decision["top_k"])
     # The control: the expected-F1 rule over the proposal scores alone, its temperature chosen on val too.
     control = val["proposal_decision"]
     assert control["f1"][f"expected_f1@{control['temperature']:g}"] == max(

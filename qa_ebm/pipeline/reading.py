@@ -133,9 +133,9 @@ class ReadingPipeline:
         self.seed = seed
         check_precision(mixed_precision, "reading pipeline")
         self.mixed_precision = mixed_precision
-        # Candidates per question at answer time (the proposal head's best first); the energy trained on its
-        # config's top_k, and fewer can score better and answer faster (a setting to choose on val).
-        self.top_k = energy.config.top_k
+        # Candidates per question at answer time (the proposal head's best first): the count chosen on val
+        # (answer_top_k), else the top_k the energy trained on.
+        self.top_k = energy.config.answer_top_k or energy.config.top_k
         self.state_dtype = torch.float16  # window states rounded as the training cache rounded them
         self.sampler_config = dict(sampler) if sampler is not None else default_sampler(energy)
         self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)

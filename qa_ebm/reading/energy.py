@@ -99,6 +99,9 @@ class SpanEnergyConfig:
     # The control without the energy: the expected-F1 rule over the proposal scores alone, softmax(s / T_p),
     # T_p set on val like `temperature` (evaluate's proposal_expected_f1 row)
     proposal_temperature: float = 1.0
+    # Candidates per question at answer time (the proposal head's best first), set on val with the rule and T:
+    # fewer can score better and answer faster. None: top_k.
+    answer_top_k: int | None = None
     proposal_weight_init: float = 1.0  # w at initialisation
 
     def validate(self) -> None:
@@ -110,6 +113,8 @@ class SpanEnergyConfig:
             raise ConfigError(f"span energy: proposal_weight_init must be finite, got {self.proposal_weight_init}")
         check_rule(self.decision, self.temperature)
         check_rule("expected_f1", self.proposal_temperature)
+        if self.answer_top_k is not None and not 1 <= self.answer_top_k <= self.top_k:
+            raise ConfigError(f"span energy: answer_top_k must be in [1, top_k={self.top_k}], got {self.answer_top_k}")
         check_no_answer_signal(self.no_answer_signal)
         if self.no_answer_threshold is not None and not math.isfinite(self.no_answer_threshold):
             raise ConfigError(

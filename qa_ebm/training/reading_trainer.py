@@ -265,6 +265,14 @@ def _step_loss(
     return loss, parts
 
 
+ANSWER_TOP_KS = (5, 10)  # candidate counts tried on val beside the trained top_k
+
+
+def _setting(rule: str, temperature: float) -> str:
+    """The key of `calibrate`'s tried dict for a setting."""
+    return "lowest" if rule == "lowest" else f"expected_f1@{temperature:g}"
+
+
 def evaluate_rankings(
     model: SpanEnergy,
     prepared: PreparedQuestions,
@@ -293,8 +301,20 @@ def evaluate_rankings(
         scores = squad_scores(preds, refs)
         out[name] = {"exact_match": scores["exact_match"], "f1": scores["f1"]}
     texts = [[c.text for c in it.candidates] for it in prepared.items]
-    rule, temperature, tried = calibrate(texts, [e.total for e in energies], references)
-    out["decision"] = {"rule": rule, "temperature": temperature, "f1": tried}
+    # The rule and T, for each count of candidates kept (the proposal head's best first): the best of all.
+    top_k = model.config.top_k
+    by_count = {}
+    for k in sorted({k for k in ANSWER_TOP_KS if k < top_k} | {top_k}):
+        by_count[k] = calibrate([ts[:k] for ts in texts], [e.total[:k] for e in energies], references)
+    best = max(by_count, key=lambda k: (by_count[k][2][_setting(*by_count[k][:2])], k == top_k))
+    rule, temperature, tried = by_count[best]
+    out["decision"] = {
+        "rule": rule,
+        "temperature": temperature,
+        "f1": tried,
+        "top_k": best,
+        "f1_by_top_k": {k: c[2][_setting(*c[:2])] for k, c in by_count.items()},
+    }
     # The same rule over the proposal scores alone: how much of the decision's gain the energy brings.
     scores = [torch.tensor([-c.score for c in it.candidates]) for it in prepared.items]
     _, p_temperature, p_tried = calibrate(texts, scores, references, only_expected_f1=True)
@@ -447,6 +467,8 @@ def train_span_energy(
         model.config.decision = metrics["val"]["decision"]["rule"]
         model.config.temperature = metrics["val"]["decision"]["temperature"]
         model.config.proposal_temperature = metrics["val"]["proposal_decision"]["temperature"]
+        chosen = metrics["val"]["decision"]["top_k"]
+        model.config.answer_top_k = chosen if chosen < model.config.top_k else None
         if len(has) < len(val_examples):  # SQuAD v2: unanswerable questions in val set the no-answer threshold
             metrics["val"]["no_answer"] = _calibrate_no_answer(model, val, scored, val_examples)
             model.config.no_answer_signal = metrics["val"]["no_answer"]["signal"]
