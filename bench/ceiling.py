@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import flops, workloads  # noqa: E402
-from bench.timing import machine_info, machine_line, summarise, time_fn  # noqa: E402
+from bench.timing import machine_info, machine_line, save_results, summarise, time_fn  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 REFINE_BATCH = 64
@@ -237,9 +236,7 @@ def main() -> int:
         "sizes": {size: workloads.SIZES[size] for size in args.sizes},
     }
     name = "ceiling" + ("-quick" if args.quick else "")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(result))
+    save_results(args.out, name, result, markdown(result))
     print(markdown(result))
     return 0
 

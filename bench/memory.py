@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import workloads  # noqa: E402
-from bench.timing import current_rss_mb, machine_info, machine_line, peak_rss_mb, reset_peak_rss  # noqa: E402
+from bench.timing import current_rss_mb, machine_info, machine_line, peak_rss_mb, reset_peak_rss, save_results  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 WORKLOADS = ("idle", "hvae-train", "gpt2-train", "ebt-train", "refine-64")
@@ -310,9 +310,7 @@ def main() -> int:
         "configs": config_table(data_dir, rows),
     }
     name = "memory" + ("-quick" if args.quick else "")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(result))
+    save_results(args.out, name, result, markdown(result))
     print(markdown(result))
     return 0
 

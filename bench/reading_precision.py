@@ -24,7 +24,6 @@ bf16 is fast; without, it is emulated and slower (then keep reading.mixed_precis
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.timing import machine_info, machine_line, summarise  # noqa: E402
+from bench.timing import machine_info, machine_line, save_results, summarise  # noqa: E402
 from qa_ebm.models.precision import autocast  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -82,20 +81,10 @@ def matmul_row(warmup: int, repeats: int) -> dict[str, dict]:
 
 def proposal_rows(examples: list[dict], warmup: int, repeats: int) -> dict[str, dict[str, dict]]:
     from qa_ebm.reading.energy import encode_windows
-    from qa_ebm.reading.proposal import SpanProposalHead, _batch
-    from qa_ebm.reading.windows import make_windows
+    from qa_ebm.reading.proposal import SpanProposalHead, _batch, example_windows
 
     head, tokenizer = SpanProposalHead.from_encoder("all-MiniLM-L6-v2", max_length=256, stride=128)
-    cfg = head.config
-    windows = make_windows(
-        tokenizer,
-        [ex["question"] for ex in examples],
-        [ex["context"] for ex in examples],
-        cfg.max_length,
-        cfg.stride,
-        cfg.max_question_tokens,
-        cfg.max_windows,
-    )
+    windows = example_windows(tokenizer, head.config, examples)
     starts, ends = windows.answer_positions(
         [int(ex["answer_start"]) for ex in examples], [ex["answer"] for ex in examples]
     )
@@ -182,9 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         print(lines[-1], flush=True)
     for precision, q in quality.items():
         lines.append(f"- answers with {precision} encoders: val EM {q['exact_match']:.2f} / F1 {q['f1']:.2f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "reading_precision.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "reading_precision.md").write_text("\n".join(lines) + "\n")
+    save_results(RESULTS, "reading_precision", result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,14 @@ devices are timed to completion.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
 import resource
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -89,6 +91,13 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def save_results(out: Path, name: str, result: dict, markdown: str) -> None:
+    """`result` as out/NAME.json (for scripts) and `markdown` as out/NAME.md (for people)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown)
 
 
 def machine_info() -> dict:

@@ -21,7 +21,6 @@ profiled step.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import workloads  # noqa: E402
-from bench.timing import machine_info, machine_line, summarise  # noqa: E402
+from bench.timing import machine_info, machine_line, save_results, summarise  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 GOAL_RATIO = 0.5
@@ -288,9 +287,7 @@ def main() -> int:
         "sizes": sizes,
     }
     name = "train_speed" + (f"-{args.tag}" if args.tag else "") + ("-quick" if args.quick else "")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(result))
+    save_results(args.out, name, result, markdown(result))
     print(markdown(result))
     return 0
 

@@ -16,6 +16,7 @@ LM's KV cache, all sentences of all answers in one batch that shrinks as sentenc
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ class DecodeSettings:
     temperature: float = 1.0
 
 
-class LatentDecoder(nn.Module):
+class LatentDecoder(nn.Module, abc.ABC):
     """Interface: `forward(plan, input_ids, token_mask) -> logits`, `token_logits(...)` (the real tokens' rows
     only, what training scores) and `generate(plan, settings) -> ids`; a subclass provides `hidden_states`."""
 
@@ -47,9 +48,9 @@ class LatentDecoder(nn.Module):
         self.start_id, self.eos_id, self.pad_id = start_id, eos_id, pad_id
         self.to_prefix = nn.Linear(plan_dim, prefix_len * self.hidden)
 
+    @abc.abstractmethod
     def hidden_states(self, plan: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """The LM's last hidden states at the W token positions, (N, W, H): what its head turns into logits."""
-        raise NotImplementedError
 
     def token_logits(self, plan: torch.Tensor, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """Logits at the real tokens only, (T, V) in the row-major order of `token_mask`: `forward(...)[mask]`.

@@ -28,6 +28,7 @@ def check_precision(mixed_precision: str, where: str) -> None:
         raise ConfigError(f"{where}: mixed_precision must be one of {', '.join(PRECISIONS)}, got {mixed_precision!r}")
 
 
+@functools.cache
 def native_cpu_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); False where torch cannot tell."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

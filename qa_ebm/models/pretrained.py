@@ -9,13 +9,17 @@ all-MiniLM-L6-v2): their aliases resolve to that directory when the package is i
 from __future__ import annotations
 
 import importlib.util
-import pickle
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 from safetensors import SafetensorError
 
 from qa_ebm.errors import CheckpointError
+
+# What loading a bad model directory raises. UnpicklingError is torch.load(weights_only=True) (transformers' loader
+# of pytorch_model.bin) refusing a file that holds more than tensors: it is caught here, nothing is unpickled.
+MODEL_LOAD_ERRORS = (OSError, ValueError, KeyError, SafetensorError, UnpicklingError)
 
 # alias -> (package, model directory inside it)
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
@@ -85,8 +89,7 @@ def load_encoder(name: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, SafetensorError, pickle.UnpicklingError) as e:
-        # UnpicklingError: torch's weights-only loader refusing a pytorch_model.bin that holds more than tensors
+    except MODEL_LOAD_ERRORS as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if local.exists():
             raise CheckpointError(f"{name!r}: cannot load the model or its tokenizer from {local} ({first})") from e

@@ -11,12 +11,10 @@ Two encoders with one call signature, ``encoder(questions, contexts) -> (x, mask
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 
 from qa_ebm.config import EBTConfig
 from qa_ebm.data.tokenizer import Tokenizer, load_tokenizer
@@ -62,13 +60,13 @@ class FrozenConditionEncoder:
     def __init__(self, name: str, max_tokens: int, batch_size: int = 32, device: str | torch.device = "cpu"):
         from transformers import AutoModel, AutoTokenizer
 
-        from qa_ebm.models.pretrained import resolve_pretrained
+        from qa_ebm.models.pretrained import MODEL_LOAD_ERRORS, resolve_pretrained
 
         path = resolve_pretrained(name)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
             self.model = AutoModel.from_pretrained(path, trust_remote_code=False).eval().to(device)
-        except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as e:  # unpickling: torch's refusal
+        except MODEL_LOAD_ERRORS as e:
             raise CheckpointError(
                 f"ebt.question_encoder={name!r}: cannot load it ({e}); give a local model dir, or 'learned'"
             ) from e

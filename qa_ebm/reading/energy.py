@@ -520,6 +520,7 @@ class QuestionCandidates:
     y: torch.Tensor  # (n, P, D) standardised
     slot_mask: torch.Tensor  # (n, P) bool
     gold: int | None = None
+    gold_f1: torch.Tensor | None = None  # (n,) in training: each candidate's token F1 against the gold's text
 
     def __len__(self) -> int:
         return len(self.candidates)

@@ -324,6 +324,19 @@ def predict(
     return top_k_spans(windows, start, end, top_k=top_k, max_answer_tokens=cfg.max_answer_tokens)
 
 
+def example_windows(tokenizer: Any, config: ProposalConfig, examples: Sequence[Mapping[str, Any]]) -> Windows:
+    """The windows of SQuAD-style examples (``question``, ``context``) under the head's windowing settings."""
+    return make_windows(
+        tokenizer,
+        [ex["question"] for ex in examples],
+        [ex["context"] for ex in examples],
+        config.max_length,
+        config.stride,
+        config.max_question_tokens,
+        config.max_windows,
+    )
+
+
 def _batch(windows: Windows, idx: Sequence[int]) -> dict[str, torch.Tensor]:
     batch = windows.collate(idx)
     batch["cls_index"] = torch.tensor([windows.cls_index[w] for w in idx], dtype=torch.long)
@@ -420,15 +433,7 @@ def train_proposal_head(
         missing = [k for k in ("question", "context", "answer", "answer_start") if k not in ex]
         if missing:
             raise DataError(f"train_proposal_head: example {n} lacks {', '.join(missing)}")
-    windows = make_windows(
-        tokenizer,
-        [ex["question"] for ex in examples],
-        [ex["context"] for ex in examples],
-        cfg.max_length,
-        cfg.stride,
-        cfg.max_question_tokens,
-        cfg.max_windows,
-    )
+    windows = example_windows(tokenizer, cfg, examples)
     start_pos, end_pos = windows.answer_positions(
         [int(ex["answer_start"]) for ex in examples], [ex["answer"] for ex in examples]
     )

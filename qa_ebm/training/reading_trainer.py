@@ -67,8 +67,7 @@ from qa_ebm.reading.energy import (
     rank_energies,
     training_candidates,
 )
-from qa_ebm.reading.proposal import SpanProposalHead
-from qa_ebm.reading.windows import make_windows
+from qa_ebm.reading.proposal import SpanProposalHead, example_windows
 from qa_ebm.training.ebt_objectives import mcmc_objective
 from qa_ebm.training.ebt_trainer import latent_statistics, load_hvae_run
 from qa_ebm.training.schedules import warmup_cosine
@@ -196,16 +195,8 @@ def _prepare(
     train: bool,
     progress: bool,
 ) -> PreparedQuestions:
-    pc, cfg = proposal.config, model.config
-    windows = make_windows(
-        tokenizer,
-        [ex["question"] for ex in examples],
-        [ex["context"] for ex in examples],
-        pc.max_length,
-        pc.stride,
-        pc.max_question_tokens,
-        pc.max_windows,
-    )
+    cfg = model.config
+    windows = example_windows(tokenizer, proposal.config, examples)
     enc = encode_windows(proposal, windows, tc.encode_batch_size, torch.float16, progress, tc.mixed_precision)
     if train:
         answers = [(int(ex["answer_start"]), str(ex["answer"])) for ex in examples]
@@ -217,6 +208,10 @@ def _prepare(
         cands, golds = propose_candidates(windows, enc, cfg.top_k, cfg.max_answer_tokens), None
     enc.drop_unused({c.window for cs in cands for c in cs})
     items = attach_latents(encode, model, cands, golds, progress=progress)
+    for it in items if train and tc.risk_coeff > 0 else ():
+        if it.gold is not None:  # once here, not at every step: the risk term's F1 of each candidate
+            gold_text = [it.candidates[it.gold].text]
+            it.gold_f1 = torch.tensor([squad_f1(c.text, gold_text) for c in it.candidates])
     return PreparedQuestions(items, enc, null_scores(windows, enc))
 
 
@@ -240,10 +235,7 @@ def _step_loss(
     if tc.risk_coeff > 0:
         # Minimum-risk training for SQuAD's loss: under p(c | x) = softmax(-E_total), the expected token F1
         # against the gold; a near miss (the gold's span moved by a word) costs less than a far one.
-        f1 = torch.zeros_like(logits, dtype=torch.float32)
-        for b, it in enumerate(batch):
-            gold_text = [it.candidates[it.gold].text]
-            f1[b, : len(it)] = torch.tensor([squad_f1(c.text, gold_text) for c in it.candidates])
+        f1, _ = pad_per_question(torch.cat([it.gold_f1 for it in batch]).to(device), inputs.sizes, fill=0.0)
         risk = 1.0 - (torch.softmax(logits.float(), dim=1) * f1).sum(1).mean()
         loss = loss + tc.risk_coeff * risk
         parts["risk"] = risk.item()
@@ -266,11 +258,6 @@ def _step_loss(
 
 
 ANSWER_TOP_KS = (5, 10)  # candidate counts tried on val beside the trained top_k
-
-
-def _setting(rule: str, temperature: float) -> str:
-    """The key of `calibrate`'s tried dict for a setting."""
-    return "lowest" if rule == "lowest" else f"expected_f1@{temperature:g}"
 
 
 def evaluate_rankings(
@@ -306,15 +293,10 @@ def evaluate_rankings(
     by_count = {}
     for k in sorted({k for k in ANSWER_TOP_KS if k < top_k} | {top_k}):
         by_count[k] = calibrate([ts[:k] for ts in texts], [e.total[:k] for e in energies], references)
-    best = max(by_count, key=lambda k: (by_count[k][2][_setting(*by_count[k][:2])], k == top_k))
+    best_f1 = {k: max(tried.values()) for k, (_, _, tried) in by_count.items()}  # the chosen setting's F1
+    best = max(by_count, key=lambda k: (best_f1[k], k == top_k))
     rule, temperature, tried = by_count[best]
-    out["decision"] = {
-        "rule": rule,
-        "temperature": temperature,
-        "f1": tried,
-        "top_k": best,
-        "f1_by_top_k": {k: c[2][_setting(*c[:2])] for k, c in by_count.items()},
-    }
+    out["decision"] = {"rule": rule, "temperature": temperature, "f1": tried, "top_k": best, "f1_by_top_k": best_f1}
     # The same rule over the proposal scores alone: how much of the decision's gain the energy brings.
     scores = [torch.tensor([-c.score for c in it.candidates]) for it in prepared.items]
     _, p_temperature, p_tried = calibrate(texts, scores, references, only_expected_f1=True)
