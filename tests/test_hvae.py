@@ -175,6 +175,31 @@ def test_cached_greedy_decoding_gives_the_tokens_of_full_recomputation(decoder, 
         assert got == model.decoder._strip(model.decoder.lm.generate(inputs_embeds=embeds, **kwargs))
 
 
+def test_the_kv_cache_goes_under_the_name_the_lm_takes():
+    from qa_ebm.models.decoders import cache_argument
+
+    def new_forward(input_ids=None, cache=None, use_cache=None): ...
+
+    def old_forward(input_ids=None, past_key_values=None, use_cache=None): ...
+
+    assert cache_argument(new_forward) == "cache"
+    assert cache_argument(old_forward) == "past_key_values"
+
+
+@pytest.mark.parametrize("decoder", ["scratch-gpt2", "scratch-bart"])
+@torch.no_grad()
+def test_cached_greedy_decoding_uses_no_deprecated_argument(decoder):
+    """transformers 5.24 renamed past_key_values to cache and warns on the old name (removed in 5.40)."""
+    import warnings
+
+    model = tiny(decoder).eval()
+    plan = torch.randn(3, 32, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        model.decoder.generate(plan, DecodeSettings(max_new_tokens=4, min_new_tokens=2))
+
+
 @pytest.mark.parametrize("decoder", ["scratch-gpt2", "scratch-bart"])
 def test_token_logits_are_the_full_logits_at_the_real_tokens(decoder):
     model = tiny(decoder).eval()

@@ -17,6 +17,8 @@ LM's KV cache, all sentences of all answers in one batch that shrinks as sentenc
 from __future__ import annotations
 
 import abc
+import functools
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -34,6 +36,13 @@ class DecodeSettings:
     do_sample: bool = False
     top_p: float = 0.9
     temperature: float = 1.0
+
+
+@functools.cache
+def cache_argument(forward) -> str:
+    """The name `forward` takes the KV cache under: transformers 5.24 renamed `past_key_values` to `cache` (the
+    old name warns, and goes in 5.40); older versions know only `past_key_values`. Outputs follow the same name."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 class LatentDecoder(nn.Module, abc.ABC):
@@ -97,8 +106,9 @@ class LatentDecoder(nn.Module, abc.ABC):
         device = next(iter(first.values())).device
         tokens = torch.full((n, max_new_tokens), self.pad_id, dtype=torch.long, device=device)  # (N, T)
         rows = torch.arange(n, device=device)  # the rows of `tokens` still being decoded
+        cache_arg = cache_argument(type(self.lm).forward)
         out = self.lm(**first, use_cache=True, logits_to_keep=1)
-        cache, per_row = out.past_key_values, dict(per_row)
+        cache, per_row = getattr(out, cache_arg), dict(per_row)
         for t in range(max_new_tokens):
             logits = out.logits[:, -1]  # (n, V)
             if t < settings.min_new_tokens:
@@ -114,7 +124,8 @@ class LatentDecoder(nn.Module, abc.ABC):
                 rows, step = rows[keep], step[keep]
                 cache.batch_select_indices(keep)
                 per_row = {k: v[keep] for k, v in per_row.items()}
-            out = self.lm(input_ids=step[:, None], past_key_values=cache, use_cache=True, logits_to_keep=1, **per_row)
+            step_inputs = {"input_ids": step[:, None], cache_arg: cache, **per_row}
+            out = self.lm(**step_inputs, use_cache=True, logits_to_keep=1)
         return self._strip(tokens)
 
     def _generate_kwargs(self, settings: DecodeSettings) -> dict:
@@ -184,7 +195,7 @@ class MemoryLMDecoder(LatentDecoder):
             # Lazily grown caches: BartForCausalLM sizes its own from config.num_hidden_layers, which BartConfig
             # maps to encoder_layers (1 here), so a deeper decoder would index past its end.
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-            first = {"input_ids": start, "encoder_hidden_states": memory, "past_key_values": cache}
+            first = {"input_ids": start, "encoder_hidden_states": memory, cache_argument(type(self.lm).forward): cache}
             return self._greedy(first, {"encoder_hidden_states": memory}, settings)
         out = self.lm.generate(input_ids=start, encoder_hidden_states=memory, **self._generate_kwargs(settings))
         return self._strip(out[:, 1:])
