@@ -1,42 +1,19 @@
 """Text -> latents matches what train-hvae exported for the same answers."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import quick_hvae_run
 
-from qa_ebm.config import load_config
-from qa_ebm.data.preprocess import preprocess
 from qa_ebm.data.processed import load_processed
 from qa_ebm.errors import CheckpointError
 from qa_ebm.models.answer_encoder import AnswerEncoder
-from qa_ebm.training.hvae_trainer import train_hvae
-
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-    "data.tokenizer.vocab_size=400",
-    "data.max_sentences=4",
-    "data.max_words=16",
-    "hvae.d_model=32",
-    "hvae.n_heads=2",
-    "hvae.word_layers=1",
-    "hvae.sentence_layers=1",
-    "hvae.latent_dim=8",
-    "hvae.decoder_layers=1",
-    "train_hvae.steps=2",
-    "train_hvae.warmup_steps=1",
-    "train_hvae.batch_size=16",
-    "train_hvae.num_samples=1",
-]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("enc")
-    config = load_config(ROOT / "configs" / "tiny.yaml", SMALL)
-    preprocess(config, base / "data", squad=str(ROOT / "data" / "squad_sample.json"))
-    train_hvae(config, base / "data", base / "hvae", progress=False)
+    quick_hvae_run(base)
     return base
 
 

