@@ -7,7 +7,8 @@ val and test:
 
 - reconstruction perplexity (token NLL with a posterior sample, as in training);
 - ROUGE-L F1 and exact match between each held-out answer and greedy decode(posterior mean), the ceiling
-  of the whole pipeline (rouge-score's RougeScorer, no stemming);
+  of the whole pipeline (rouge-score's RougeScorer, no stemming), and the same on the first train answers
+  (seen in training): a high train and a low held-out score is memorising, low on both is underfitting;
 - KL global / local per answer, active units (Cov_x E_q[z_d] > 0.01), out of the latent size.
 
 Goals (issue 3): at least half of the global and of the local dimensions active, both KLs above their
@@ -167,16 +168,25 @@ def run_workload(
         "free_bits": config.train_hvae.free_bits,
         "config_overrides": overrides,
     }
-    for split in ("val", "test"):
+    for split in ("train", "val", "test"):
         arrays = data.answer_arrays(split)
+        if split == "train":  # `limit` answers spread over the split (its first ones are all one article)
+            keep = np.unique(np.linspace(0, len(arrays["ids"]) - 1, min(limit, len(arrays["ids"]))).astype(int))
+            arrays = {k: [v[i] for i in keep] if k == "ids" else v[keep] for k, v in arrays.items()}
         if config.hvae.word_encoder != "scratch":
             from qa_ebm.models.sentence_embedder import SentenceEmbedder
 
             embedder = SentenceEmbedder(config.hvae.word_encoder)
-            arrays["sentence_emb"] = embedder.embed_answers(data.answer_sentences(split), model.spec.max_sentences)
+            sentences = data.answer_sentences(split)
+            sentences = [sentences[i] for i in keep] if split == "train" else sentences
+            arrays["sentence_emb"] = embedder.embed_answers(sentences, model.spec.max_sentences)
         rows = data.dataset[split].select_columns(["id", "answer"])[:]
         answer_of = dict(zip(rows["id"], rows["answer"], strict=True))
         answers = [" ".join(answer_of[i].split()) for i in arrays["ids"]]
+        if split == "train":
+            # Answers the model was trained on: against val/test, it tells memorising from generalising.
+            row["train_reconstruction"] = reconstruction_scores(model, arrays, answers, tokenizer, limit)
+            continue
         with torch.no_grad():
             diag = diagnostics(model, arrays, config.train_hvae, tokenizer)
         row[split] = {
@@ -227,6 +237,14 @@ def markdown(result: dict) -> str:
                 f"in {r['train_seconds']:.0f} s ({r['stopped']}; {r.get('train_cpu_seconds', float('nan')):.0f} s of "
                 f"CPU), {r.get('torch_threads')} torch thread(s); "
                 f"{r.get('wall_seconds', 0):.0f} s in all with preprocessing and evaluation"
+            )
+    for r in result["results"]:
+        if "train_reconstruction" in r:
+            seen = r["train_reconstruction"]
+            lines.append(
+                f"- {r['workload']}: {seen['n']} train answers (seen in training, spread over the split) reconstruct "
+                f"at ROUGE-L {seen['rougeL_f1']:.3f} (exact {seen['exact_match']:.3f}); held-out val "
+                f"{r['val']['reconstruction']['rougeL_f1']:.3f}, test {r['test']['reconstruction']['rougeL_f1']:.3f}"
             )
     lines.append(f"\n{result['goals']}\n")
     for r in result["results"]:
