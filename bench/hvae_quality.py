@@ -7,8 +7,8 @@ val and test:
 
 - reconstruction perplexity (token NLL with a posterior sample, as in training);
 - ROUGE-L F1 and exact match between each held-out answer and greedy decode(posterior mean), the ceiling
-  of the whole pipeline (rouge-score's RougeScorer, no stemming), and the same on the first train answers
-  (seen in training): a high train and a low held-out score is memorising, low on both is underfitting;
+  of the whole pipeline (rouge-score's RougeScorer, no stemming), and the same on train answers spread over
+  the split (seen in training): a high train and a low held-out score is memorising, low on both underfitting;
 - KL global / local per answer, active units (Cov_x E_q[z_d] > 0.01), out of the latent size.
 
 Goals (issue 3): at least half of the global and of the local dimensions active, both KLs above their
@@ -113,6 +113,23 @@ def reconstruction_scores(model, arrays: dict, answers: list[str], tokenizer, li
     return {"n": n, "rougeL_f1": float(np.mean(rouge)), "exact_match": float(np.mean(exact)), "examples": shown}
 
 
+def split_answers(data, split: str, model, embedder, spread: int | None = None) -> tuple[dict, list[str]]:
+    """A split's answer arrays (with the word level's sentence vectors when it is pretrained) and their texts;
+    `spread`: only that many, evenly spaced over the split."""
+    arrays = data.answer_arrays(split)
+    sentences = data.answer_sentences(split)
+    if spread is not None:
+        n = len(sentences)
+        rows = np.unique(np.linspace(0, n - 1, min(spread, n)).astype(int))
+        arrays = {k: [v[i] for i in rows] if k == "ids" else v[rows] for k, v in arrays.items()}
+        sentences = [sentences[i] for i in rows]
+    if embedder is not None:
+        arrays["sentence_emb"] = embedder.embed_answers(sentences, model.spec.max_sentences)
+    texts = data.dataset[split].select_columns(["id", "answer"])[:]
+    answer_of = dict(zip(texts["id"], texts["answer"], strict=True))
+    return arrays, [" ".join(answer_of[i].split()) for i in arrays["ids"]]
+
+
 def run_workload(
     name: str, budget: float, overrides: list[str], tmp: Path, limit: int, steps: int | None = None, evals: int = 4
 ) -> dict:
@@ -168,25 +185,17 @@ def run_workload(
         "free_bits": config.train_hvae.free_bits,
         "config_overrides": overrides,
     }
-    for split in ("train", "val", "test"):
-        arrays = data.answer_arrays(split)
-        if split == "train":  # `limit` answers spread over the split (its first ones are all one article)
-            keep = np.unique(np.linspace(0, len(arrays["ids"]) - 1, min(limit, len(arrays["ids"]))).astype(int))
-            arrays = {k: [v[i] for i in keep] if k == "ids" else v[keep] for k, v in arrays.items()}
-        if config.hvae.word_encoder != "scratch":
-            from qa_ebm.models.sentence_embedder import SentenceEmbedder
+    embedder = None
+    if config.hvae.word_encoder != "scratch":
+        from qa_ebm.models.sentence_embedder import SentenceEmbedder
 
-            embedder = SentenceEmbedder(config.hvae.word_encoder)
-            sentences = data.answer_sentences(split)
-            sentences = [sentences[i] for i in keep] if split == "train" else sentences
-            arrays["sentence_emb"] = embedder.embed_answers(sentences, model.spec.max_sentences)
-        rows = data.dataset[split].select_columns(["id", "answer"])[:]
-        answer_of = dict(zip(rows["id"], rows["answer"], strict=True))
-        answers = [" ".join(answer_of[i].split()) for i in arrays["ids"]]
-        if split == "train":
-            # Answers the model was trained on: against val/test, it tells memorising from generalising.
-            row["train_reconstruction"] = reconstruction_scores(model, arrays, answers, tokenizer, limit)
-            continue
+        embedder = SentenceEmbedder(config.hvae.word_encoder)
+    # Answers the model was trained on, `limit` of them spread over the split (its first ones are all one article):
+    # beside val/test, they tell memorising (train high, held-out low) from underfitting (both low).
+    arrays, answers = split_answers(data, "train", model, embedder, spread=limit)
+    row["train_reconstruction"] = reconstruction_scores(model, arrays, answers, tokenizer, limit)
+    for split in ("val", "test"):
+        arrays, answers = split_answers(data, split, model, embedder)
         with torch.no_grad():
             diag = diagnostics(model, arrays, config.train_hvae, tokenizer)
         row[split] = {

@@ -61,13 +61,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="pick the lowest energy, or the highest expected F1 under softmax(-E/T) (default: the pipeline's)",
     )
     r.add_argument("--temperature", type=float, help="T of --decision expected_f1 (default: the pipeline's)")
-    r.add_argument("--top-k", type=int, metavar="N", help="candidates per question (default: the pipeline's)")
-    r.add_argument(
+    add_reading_overrides(r)
+    p.set_defaults(run=run)
+
+
+def add_reading_overrides(group: argparse._ArgumentGroup) -> None:
+    """The reading pipeline's runtime settings a command may override (`answer`, `evaluate`)."""
+    group.add_argument("--top-k", type=int, metavar="N", help="candidates per question (default: the pipeline's)")
+    group.add_argument(
         "--mixed-precision",
         choices=["no", "bf16"],
         help="bf16: the encoders (window states, candidate latents) under bfloat16 autocast (default: the pipeline's)",
     )
-    p.set_defaults(run=run)
+
+
+def apply_reading_overrides(pipe: Any, args: argparse.Namespace) -> None:
+    """Set what `add_reading_overrides` parsed on a loaded reading pipeline; an option not given keeps its value."""
+    if args.mixed_precision is not None:
+        pipe.mixed_precision = args.mixed_precision
+    if args.top_k is not None:
+        pipe.top_k = args.top_k
 
 
 def pipeline_mode(args: argparse.Namespace) -> tuple[str, int | None]:
@@ -173,8 +186,7 @@ def run(args: argparse.Namespace) -> int:
     options = answer_options(args)  # bad flags fail before the pipeline loads
     pipe = load_pipeline(args.pipeline)
     if reading:
-        pipe.mixed_precision = args.mixed_precision or pipe.mixed_precision
-        pipe.top_k = args.top_k or pipe.top_k
+        apply_reading_overrides(pipe, args)
     records = answer_rows(pipe, rows, options)
     if args.input is not None:
         write_jsonl(records, args.output)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qa_ebm.cli.answer import add_reading_overrides, apply_reading_overrides
 from qa_ebm.errors import DataError
 
 
@@ -40,12 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gguf-file", metavar="FILE", help="a GGUF file inside --reference-lm's dir")
     r = p.add_argument_group("reading pipelines")
     r.add_argument("--no-generate", action="store_true", help="skip generate mode")
-    r.add_argument("--top-k", type=int, metavar="N", help="candidates per question (default: the pipeline's)")
-    r.add_argument(
-        "--mixed-precision",
-        choices=["no", "bf16"],
-        help="bf16: the encoders (window states, candidate latents) under bfloat16 autocast (default: the pipeline's)",
-    )
+    add_reading_overrides(r)
     p.set_defaults(run=run)
 
 
@@ -65,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
         if not examples:
             raise DataError(f"{args.data}: split {args.split!r} has no answerable questions with a passage (SQuAD)")
         pipe = load_pipeline(args.pipeline)
-        pipe.mixed_precision = args.mixed_precision or pipe.mixed_precision
-        pipe.top_k = args.top_k or pipe.top_k
+        apply_reading_overrides(pipe, args)
         result = evaluate_reading(
             pipe,
             examples,

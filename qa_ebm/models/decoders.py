@@ -74,6 +74,9 @@ class LatentDecoder(nn.Module, abc.ABC):
             return self(plan, input_ids, token_mask)[real]
         return self.lm.get_output_embeddings()(self.hidden_states(plan, input_ids, token_mask)[real])
 
+    def _cache_argument(self) -> str:
+        return cache_argument(type(self.lm).forward)
+
     def prefix(self, plan: torch.Tensor) -> torch.Tensor:
         return self.to_prefix(plan).view(plan.shape[0], self.prefix_len, self.hidden)  # (N, P, H)
 
@@ -106,7 +109,7 @@ class LatentDecoder(nn.Module, abc.ABC):
         device = next(iter(first.values())).device
         tokens = torch.full((n, max_new_tokens), self.pad_id, dtype=torch.long, device=device)  # (N, T)
         rows = torch.arange(n, device=device)  # the rows of `tokens` still being decoded
-        cache_arg = cache_argument(type(self.lm).forward)
+        cache_arg = self._cache_argument()
         out = self.lm(**first, use_cache=True, logits_to_keep=1)
         cache, per_row = getattr(out, cache_arg), dict(per_row)
         for t in range(max_new_tokens):
@@ -195,7 +198,7 @@ class MemoryLMDecoder(LatentDecoder):
             # Lazily grown caches: BartForCausalLM sizes its own from config.num_hidden_layers, which BartConfig
             # maps to encoder_layers (1 here), so a deeper decoder would index past its end.
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-            first = {"input_ids": start, "encoder_hidden_states": memory, cache_argument(type(self.lm).forward): cache}
+            first = {"input_ids": start, "encoder_hidden_states": memory, self._cache_argument(): cache}
             return self._greedy(first, {"encoder_hidden_states": memory}, settings)
         out = self.lm.generate(input_ids=start, encoder_hidden_states=memory, **self._generate_kwargs(settings))
         return self._strip(out[:, 1:])

@@ -215,6 +215,8 @@ class ReadingPipeline:
             raise ConfigError(f"reading pipeline: unknown mode {mode!r}; valid: {', '.join(MODES)}")
         if init not in INITS:
             raise ConfigError(f"reading pipeline: unknown init {init!r}; valid: {', '.join(INITS)}")
+        if self.top_k < 1:
+            raise ConfigError(f"reading pipeline: top_k must be >= 1, got {self.top_k}")
         if (steps is not None and steps < 0) or batch_size < 1 or top_n < 1:
             raise ConfigError(
                 f"reading pipeline: need steps >= 0, batch_size >= 1, top_n >= 1 (got {steps}, {batch_size}, {top_n})"
@@ -278,8 +280,6 @@ class ReadingPipeline:
         )
         enc = encode_windows(self.proposal, windows, batch_size, self.state_dtype, mixed_precision=self.mixed_precision)
         t = self._tick("encoding", t)
-        if self.top_k < 1:
-            raise ConfigError(f"reading pipeline: top_k must be >= 1, got {self.top_k}")
         cands = propose_candidates(windows, enc, self.top_k, cfg.max_answer_tokens)
         for b, cs in enumerate(cands):
             if not cs:

@@ -208,10 +208,11 @@ def _prepare(
         cands, golds = propose_candidates(windows, enc, cfg.top_k, cfg.max_answer_tokens), None
     enc.drop_unused({c.window for cs in cands for c in cs})
     items = attach_latents(encode, model, cands, golds, progress=progress)
-    for it in items if train and tc.risk_coeff > 0 else ():
-        if it.gold is not None:  # once here, not at every step: the risk term's F1 of each candidate
-            gold_text = [it.candidates[it.gold].text]
-            it.gold_f1 = torch.tensor([squad_f1(c.text, gold_text) for c in it.candidates])
+    if train and tc.risk_coeff > 0:  # once here, not at every step: the risk term's F1 of each candidate
+        for it in items:
+            if it.gold is not None:
+                gold_text = [it.candidates[it.gold].text]
+                it.gold_f1 = torch.tensor([squad_f1(c.text, gold_text) for c in it.candidates])
     return PreparedQuestions(items, enc, null_scores(windows, enc))
 
 
