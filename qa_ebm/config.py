@@ -387,6 +387,10 @@ class ReadingConfig:
     energy_steps: int = 2000  # the step cap; the time budget usually ends training first
     energy_batch_size: int = 16  # questions per step
     energy_max_questions: int = 3000  # train questions the energy sees (their windows are encoded up front)
+    # Share of the train questions (whole articles) the proposal head never trains on; the energy trains on those
+    # alone, so its candidates carry the head's out-of-sample mistakes, not its (overconfident) in-sample ones.
+    # 0: both train on every train question.
+    energy_holdout: float = 0.0
     energy_lr: float = 3e-4
     mcmc_coeff: float = 0.1  # weight of the mcmc latent objective beside the candidates' cross-entropy
     risk_coeff: float = 0.0  # weight of the expected-F1 risk (minimum-risk training) beside the cross-entropy
@@ -400,6 +404,8 @@ class ReadingConfig:
             raise ConfigError("reading.max_length, max_answer_tokens, top_k and proposal_batch_size must be >= 1")
         if min(self.energy_steps, self.energy_batch_size, self.energy_max_questions) < 1:
             raise ConfigError("reading.energy_steps, energy_batch_size and energy_max_questions must be >= 1")
+        if not 0 <= self.energy_holdout < 1:
+            raise ConfigError(f"reading.energy_holdout must be in [0, 1), got {self.energy_holdout}")
 
 
 # --------------------------------------------------------------------------------------- root

@@ -58,6 +58,9 @@ def test_cross_field_validation():
         load_config(None, ["data.min_sentences=9", "data.max_sentences=8"])
     with pytest.raises(ConfigError, match=r"needs data\.tokenizer\.name"):
         load_config(None, ["data.tokenizer.kind=hf"])
+    for share in ("1.0", "-0.1"):
+        with pytest.raises(ConfigError, match=r"reading.energy_holdout must be in \[0, 1\), got"):
+            load_config(None, [f"reading.energy_holdout={share}"])
 
 
 def test_round_trip_and_hash(tmp_path):

@@ -60,6 +60,33 @@ def test_the_proposal_key_ignores_the_energy_settings_but_the_energy_key_does_no
     assert keys(["reading.proposal_lr=0.001"])[0] != base[0]
 
 
+def test_the_energy_holdout_gives_the_proposal_head_and_the_energy_disjoint_whole_articles(tmp_path):
+    import pytest
+
+    from qa_ebm.config import load_config
+    from qa_ebm.data.processed import load_processed
+    from qa_ebm.errors import DataError
+    from qa_ebm.pipeline.runner import Context, _reading_train_questions
+
+    spec = _spec(tmp_path, [])
+    spec.stages = ["preprocess"]
+    run_pipeline(spec, progress=False)
+    data = load_processed(tmp_path / "out" / "data")
+
+    def questions(share, stage):
+        config = load_config(spec.config, [*spec.overrides, f"reading.energy_holdout={share}"])
+        return _reading_train_questions(Context(spec=spec, config=config, progress=False), data, stage)
+
+    everything = questions(0.0, "proposal")
+    assert questions(0.0, "span_energy") == everything
+    head, energy = questions(0.4, "proposal"), questions(0.4, "span_energy")
+    assert head and energy and len(head) + len(energy) == len(everything)
+    assert not {q["title"] for q in head} & {q["title"] for q in energy}
+    assert {q["id"] for q in head} | {q["id"] for q in energy} == {q["id"] for q in everything}
+    with pytest.raises(DataError, match=r"energy_holdout=0.99 leaves the proposal head no train questions"):
+        questions(0.99, "proposal")
+
+
 def test_an_answer_pipeline_runs_every_stage_and_reruns_only_what_changed(tmp_path):
     from qa_ebm.pipeline import load_pipeline
     from qa_ebm.pipeline.generative import QAPipeline

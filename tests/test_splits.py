@@ -3,7 +3,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from qa_ebm.data.splits import assign_splits
+from qa_ebm.data.splits import assign_splits, hold_out
 
 
 def _groups(n_groups=1000, max_size=8, seed=0):
@@ -107,3 +107,13 @@ def test_pinned_groups_go_to_their_split_and_the_rest_by_fraction():
     assert {s for g, s in zip(groups, out, strict=True) if g == "g1"} == {"test"}
     assert {s for g, s in zip(groups, out, strict=True) if g == "g4"} == {"val"}
     assert out.count("train") == 54
+
+
+def test_hold_out_takes_whole_groups_near_the_share_and_the_same_ones_every_time():
+    held = hold_out(GROUPS, 0.35, seed=0)
+    where = _split_of_group(GROUPS, held)
+    assert all(len(s) == 1 for s in where.values())  # a group is held out whole or not at all
+    assert abs(sum(held) / len(GROUPS) - 0.35) < 0.01
+    assert held == hold_out(list(GROUPS), 0.35, seed=0)
+    assert held != hold_out(GROUPS, 0.35, seed=1)
+    assert not any(hold_out(GROUPS, 0.0, seed=0))

@@ -32,6 +32,16 @@ def assign_splits(groups: list[str], val: float, test: float, seed: int) -> list
     return [where[g] for g in groups]
 
 
+def hold_out(groups: list[str], share: float, seed: int) -> list[bool]:
+    """Per example: whether its group is held out, whole groups holding about `share` of the examples.
+
+    :func:`assign_splits`'s dealing (a seeded hash order, no group divided, none taking more than twice the
+    share), so the same groups are held out on every machine. Reading mode holds out train articles from the
+    proposal head so that the energy trains on the head's out-of-sample candidates.
+    """
+    return [split == "val" for split in assign_splits(groups, share, 0.0, seed)]
+
+
 def assign_splits_by_source(
     groups: list[str],
     sources: list[str],

@@ -85,6 +85,9 @@ class LatentDecoder(nn.Module, abc.ABC):
         return torch.cat([start, input_ids[:, :-1]], dim=1)  # (N, W)
 
     def _strip(self, sequences: torch.Tensor) -> list[list[int]]:
+        """Each row's tokens before its first EOS, pad ids left out. Decoding pads rows after their EOS; a
+        sampled pad id before it is noise (pad is never a training target), and an LM whose pad is its EOS
+        (GPT-2 style) ends there either way."""
         out = []
         for row in sequences.tolist():
             ids = [t for t in row if t != self.pad_id]

@@ -185,6 +185,32 @@ def _stage_train_baseline(ctx: Context) -> dict[str, Any]:
     return {"step": result.step, "stopped": result.stopped}
 
 
+def _reading_train_questions(ctx: Context, data: Any, stage: str) -> list[dict[str, Any]]:
+    """The train questions (with their passages) a reading stage learns from.
+
+    With ``reading.energy_holdout`` > 0 the train articles are divided (``splits.hold_out``): the proposal stage
+    gets the ones not held out, the span_energy stage the held-out ones, on which the frozen head's candidates
+    and scores are out-of-sample, as on val, test and a user's questions.
+    """
+    examples = data.reading_examples("train")
+    if not examples:
+        raise DataError(f"{ctx.dir('preprocess')}: the train split has no questions with a passage (SQuAD)")
+    share = ctx.config.reading.energy_holdout
+    if share > 0:
+        from qa_ebm.data.splits import hold_out
+
+        titles = [ex["title"] for ex in examples]
+        held = hold_out(titles, share, ctx.config.reading.seed)
+        examples = [ex for ex, h in zip(examples, held, strict=True) if h == (stage == "span_energy")]
+        if not examples:
+            who = "the energy" if stage == "span_energy" else "the proposal head"
+            raise DataError(
+                f"{ctx.dir('preprocess')}: reading.energy_holdout={share} leaves {who} no train questions "
+                f"(the holdout takes whole articles; the train split has {len(set(titles))})"
+            )
+    return examples
+
+
 def _stage_proposal(ctx: Context) -> dict[str, Any]:
     from qa_ebm.data.processed import load_processed
     from qa_ebm.io import atomic_output_dir
@@ -192,9 +218,7 @@ def _stage_proposal(ctx: Context) -> dict[str, Any]:
 
     rc = ctx.config.reading
     # SQuAD v2's unanswerable questions train every window towards CLS: the null score the no-answer decision reads
-    examples = load_processed(ctx.dir("preprocess")).reading_examples("train")
-    if not examples:
-        raise DataError(f"{ctx.dir('preprocess')}: the train split has no questions with a passage (SQuAD)")
+    examples = _reading_train_questions(ctx, load_processed(ctx.dir("preprocess")), "proposal")
     model, tokenizer = SpanProposalHead.from_encoder(
         rc.encoder,
         max_length=rc.max_length,
@@ -217,7 +241,8 @@ def _stage_proposal(ctx: Context) -> dict[str, Any]:
     )
     with atomic_output_dir(ctx.dir("proposal"), overwrite=True) as tmp:
         model.save_pretrained(tmp, tokenizer)
-    return {k: v for k, v in dataclasses.asdict(result).items() if isinstance(v, (int, float, str))}
+    summary = {k: v for k, v in dataclasses.asdict(result).items() if isinstance(v, (int, float, str))}
+    return {**summary, "questions": len(examples)}
 
 
 def _stage_span_energy(ctx: Context) -> dict[str, Any]:
@@ -231,7 +256,7 @@ def _stage_span_energy(ctx: Context) -> dict[str, Any]:
 
     rc = ctx.config.reading
     data = load_processed(ctx.dir("preprocess"))
-    train = data.reading_examples("train", answerable_only=True)
+    train = [ex for ex in _reading_train_questions(ctx, data, "span_energy") if not ex["is_impossible"]]
     random.Random(rc.seed).shuffle(train)  # a cap takes questions from every article, not the first ones
     val = data.reading_examples("val")  # SQuAD v2's unanswerable questions set the no-answer threshold
     proposal, tokenizer = load_proposal_head(ctx.dir("proposal"))
@@ -390,6 +415,7 @@ PROPOSAL_FIELDS = (
     "proposal_lr",
     "proposal_epochs",
     "proposal_group_by_length",
+    "energy_holdout",
     "mixed_precision",
     "seed",
 )
