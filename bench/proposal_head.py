@@ -14,6 +14,9 @@ Black_Death, Geology (three small articles), train = the other 34. Training stop
 Reference (DESIGN.md): 25 min on two cores -> F1 62.0 / EM 50.0 on test, 26 questions/s, p50 27 ms.
 
     python bench/proposal_head.py [--max-seconds 1500] [--freeze-encoder] [--threads 2] [--eval-limit N] [--save DIR]
+    python bench/proposal_head.py --load runs/squad/proposal [--mixed-precision bf16] --tag NAME
+
+``--load`` scores a head trained elsewhere (a pipeline's ``proposal`` stage) on the same articles, no training.
 
 Writes bench/results/proposal_head.json and .md (or --tag-suffixed names).
 """
@@ -95,14 +98,23 @@ def latency(model, tokenizer, examples: list[dict], n: int) -> dict:
 def markdown(r: dict) -> str:
     m, t = r["machine"], r["train"]
     k = r["top_k"]
-    lines = [
-        "# Span proposal head (reading-mode baseline)\n",
-        f"machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']} with {m['threads']} thread(s); "
-        f"encoder {r['encoder']}, windows {r['max_length']} / stride {r['stride']}, batch {r['batch_size']}, "
-        f"AdamW lr {r['lr']}; budget {r['max_seconds']:.0f} s.\n",
-        f"training: {t['steps']} steps, {t['epochs']:.2f} passes over {t['windows']} windows of "
-        f"{r['counts']['train']} questions, {t['seconds']:.0f} s, stopped by {t['stopped']}; "
-        f"mean loss of the last 50 steps {t['final_loss']:.3f}.\n",
+    lines = ["# Span proposal head (reading-mode baseline)\n"]
+    if r.get("loaded"):
+        lines.append(
+            f"machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']} with {m['threads']} thread(s); "
+            f"the head saved in {r['loaded']} (trained there: {json.dumps(t)}), scored under "
+            f"{r['mixed_precision']} autocast.\n"
+        )
+    else:
+        lines += [
+            f"machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']} with {m['threads']} thread(s); "
+            f"encoder {r['encoder']}, windows {r['max_length']} / stride {r['stride']}, batch {r['batch_size']}, "
+            f"AdamW lr {r['lr']}; budget {r['max_seconds']:.0f} s.\n",
+            f"training: {t['steps']} steps, {t['epochs']:.2f} passes over {t['windows']} windows of "
+            f"{r['counts']['train']} questions, {t['seconds']:.0f} s, stopped by {t['stopped']}; "
+            f"mean loss of the last 50 steps {t['final_loss']:.3f}.\n",
+        ]
+    lines += [
         f"| split | articles | questions | EM | F1 | EM@{k} | F1@{k} | questions/s (batched) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -140,6 +152,8 @@ def main() -> int:
     parser.add_argument("--save", type=Path, default=None, help="save the trained head to this directory")
     parser.add_argument("--tag", default="", help="suffix for the result file names")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--load", type=Path, default=None, help="score this saved head (no training)")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="no", help="autocast when scoring")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
@@ -150,7 +164,8 @@ def main() -> int:
 
     from qa_ebm.config import SquadSourceConfig
     from qa_ebm.data.squad import load_squad
-    from qa_ebm.reading.proposal import SpanProposalHead, train_proposal_head
+    from qa_ebm.models.precision import autocast
+    from qa_ebm.reading.proposal import SpanProposalHead, load_proposal_head
 
     examples, _ = load_squad(str(SQUAD_V1), SquadSourceConfig())
     splits = split_by_article(list(examples))
@@ -160,34 +175,19 @@ def main() -> int:
     print(json.dumps({"questions": counts}), flush=True)
 
     t0 = time.perf_counter()
-    model, tokenizer = SpanProposalHead.from_encoder(
-        args.encoder, max_length=args.max_length, stride=args.stride, freeze_encoder=args.freeze_encoder
-    )
+    if args.load:
+        model, tokenizer = load_proposal_head(args.load)
+        stage = args.load / "stage.json"  # a pipeline's proposal stage records how it trained
+        train_row = json.loads(stage.read_text())["summary"] if stage.is_file() else {}
+    else:
+        model, tokenizer = SpanProposalHead.from_encoder(
+            args.encoder, max_length=args.max_length, stride=args.stride, freeze_encoder=args.freeze_encoder
+        )
+        train_row = train_head(model, tokenizer, splits["train"], args)
+        if args.save:
+            model.save_pretrained(args.save, tokenizer)
     load_seconds = time.perf_counter() - t0
-    torch.manual_seed(args.seed)
-    train = train_proposal_head(
-        model,
-        tokenizer,
-        splits["train"],
-        max_seconds=args.max_seconds,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
-    tail = train.losses[-50:]
-    train_row = {
-        "steps": train.steps,
-        "epochs": train.epochs,
-        "seconds": round(train.seconds, 1),
-        "stopped": train.stopped,
-        "windows": train.windows,
-        "first_loss": train.losses[0] if train.losses else None,
-        "final_loss": sum(tail) / len(tail) if tail else float("nan"),
-    }
     print(json.dumps({"train": train_row}), flush=True)
-    if args.save:
-        model.save_pretrained(args.save, tokenizer)
 
     result = {
         "benchmark": "proposal_head",
@@ -197,6 +197,8 @@ def main() -> int:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         },
+        "loaded": str(args.load) if args.load else None,
+        "mixed_precision": args.mixed_precision,
         "encoder": args.encoder,
         "freeze_encoder": args.freeze_encoder,
         "encoder_load_seconds": round(load_seconds, 1),
@@ -212,10 +214,11 @@ def main() -> int:
         "train": train_row,
         "reference": "F1 62.0 / EM 50.0 on test; 26 questions/s batched; p50 27 ms for one question",
     }
-    for name in ("val", "test"):
-        result[name] = evaluate_split(model, tokenizer, splits[name], args.top_k, batch_size=32)
-        print(json.dumps({name: {k: v for k, v in result[name].items() if k != "examples"}}), flush=True)
-    result["latency"] = latency(model, tokenizer, splits["test"], args.latency_questions)
+    with autocast(torch.device("cpu"), args.mixed_precision):
+        for name in ("val", "test"):
+            result[name] = evaluate_split(model, tokenizer, splits[name], args.top_k, batch_size=32)
+            print(json.dumps({name: {k: v for k, v in result[name].items() if k != "examples"}}), flush=True)
+        result["latency"] = latency(model, tokenizer, splits["test"], args.latency_questions)
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
 
     out = ROOT / "bench" / "results"
@@ -225,6 +228,33 @@ def main() -> int:
     (out / f"proposal_head{suffix}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
+
+
+def train_head(model, tokenizer, examples: list[dict], args: argparse.Namespace) -> dict:
+    """Fine-tune `model` within --max-seconds; the summary row of its training."""
+    from qa_ebm.reading.proposal import train_proposal_head
+
+    torch.manual_seed(args.seed)
+    run = train_proposal_head(
+        model,
+        tokenizer,
+        examples,
+        max_seconds=args.max_seconds,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    tail = run.losses[-50:]
+    return {
+        "steps": run.steps,
+        "epochs": run.epochs,
+        "seconds": round(run.seconds, 1),
+        "stopped": run.stopped,
+        "windows": run.windows,
+        "first_loss": run.losses[0] if run.losses else None,
+        "final_loss": sum(tail) / len(tail) if tail else float("nan"),
+    }
 
 
 if __name__ == "__main__":
