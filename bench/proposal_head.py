@@ -177,17 +177,28 @@ def main() -> int:
     t0 = time.perf_counter()
     if args.load:
         model, tokenizer = load_proposal_head(args.load)
-        stage = args.load / "stage.json"  # a pipeline's proposal stage records how it trained
-        train_row = json.loads(stage.read_text())["summary"] if stage.is_file() else {}
     else:
         model, tokenizer = SpanProposalHead.from_encoder(
             args.encoder, max_length=args.max_length, stride=args.stride, freeze_encoder=args.freeze_encoder
         )
+    load_seconds = time.perf_counter() - t0
+    if args.load:
+        stage = args.load / "stage.json"  # a pipeline's proposal stage records how it trained
+        train_row = json.loads(stage.read_text())["summary"] if stage.is_file() else {}
+    else:
         train_row = train_head(model, tokenizer, splits["train"], args)
         if args.save:
             model.save_pretrained(args.save, tokenizer)
-    load_seconds = time.perf_counter() - t0
     print(json.dumps({"train": train_row}), flush=True)
+    # A loaded head was trained with its pipeline's settings, not this command's training flags.
+    trained_here = {
+        "encoder": args.encoder,
+        "freeze_encoder": args.freeze_encoder,
+        "max_seconds": args.max_seconds,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+    }
 
     result = {
         "benchmark": "proposal_head",
@@ -199,16 +210,11 @@ def main() -> int:
         },
         "loaded": str(args.load) if args.load else None,
         "mixed_precision": args.mixed_precision,
-        "encoder": args.encoder,
-        "freeze_encoder": args.freeze_encoder,
+        **{k: None if args.load else v for k, v in trained_here.items()},
         "encoder_load_seconds": round(load_seconds, 1),
-        "max_seconds": args.max_seconds,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "max_length": args.max_length,
-        "stride": args.stride,
+        "max_length": model.config.max_length,
+        "stride": model.config.stride,
         "top_k": args.top_k,
-        "seed": args.seed,
         "articles": {"test": list(TEST_ARTICLES), "val": list(VAL_ARTICLES), "train": "the other open articles"},
         "counts": counts,
         "train": train_row,

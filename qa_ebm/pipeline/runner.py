@@ -256,6 +256,7 @@ def _stage_span_energy(ctx: Context) -> dict[str, Any]:
 
     rc = ctx.config.reading
     data = load_processed(ctx.dir("preprocess"))
+    # the holdout is dealt over every train question, as the proposal stage deals it; then the answerable ones
     train = [ex for ex in _reading_train_questions(ctx, data, "span_energy") if not ex["is_impossible"]]
     random.Random(rc.seed).shuffle(train)  # a cap takes questions from every article, not the first ones
     val = data.reading_examples("val")  # SQuAD v2's unanswerable questions set the no-answer threshold
